@@ -1,0 +1,1 @@
+"""The `pervade` command line."""

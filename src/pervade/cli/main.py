@@ -1,0 +1,161 @@
+"""`pervade run`: run a job file (or the same through flags) on a Dask cluster.
+
+Exit codes: 0 every item has a result; 1 some items failed (see the errors file);
+2 unusable input or configuration (nothing was run); 130 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pervade.apps.fact_verification.app import accuracy
+from pervade.cli.jobfile import check_sections, load_job_file
+from pervade.cli.plan import Plan, build_plan
+from pervade.core.config import ConfigError
+from pervade.journal import Journal, JournalMismatch, Outcome
+from pervade.reports.progress import ProgressView
+from pervade.reports.summary import print_summary, summary_rows
+from pervade.runtime.cluster import connect
+from pervade.runtime.driver import RunAborted
+from pervade.runtime.session import run_job
+
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# flag -> (section, key)
+_OVERRIDES = {
+    "app": ("job", "app"),
+    "function": ("job", "function"),
+    "input": ("job", "input"),
+    "output": ("job", "output"),
+    "errors": ("job", "errors"),
+    "journal": ("job", "journal"),
+    "model": ("model", "path"),
+    "dtype": ("model", "dtype"),
+    "batch_size": ("model", "batch_size"),
+    "template": ("app", "template"),
+    "workers": ("cluster", "workers"),
+    "scheduler": ("cluster", "scheduler"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pervade", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job: a job file, flags, or both")
+    run.add_argument("job", nargs="?", type=Path, help="job file (TOML)")
+    run.add_argument("--app", help="bundled application (fact-verification)")
+    run.add_argument("--function", help="batch function, 'package.module:function'")
+    run.add_argument("--input", help="input JSONL file")
+    run.add_argument("--output", help="results JSONL file (errors go beside it)")
+    run.add_argument("--errors", help="errors JSONL file")
+    run.add_argument("--journal", help="journal file (SQLite); rerun with it to resume")
+    run.add_argument("--model", help="local Hugging Face model folder, or bundled:NAME")
+    run.add_argument("--dtype", help="auto, bfloat16, float16 or float32")
+    run.add_argument("--batch-size", type=int, help="prompts per forward pass")
+    run.add_argument("--template", help="prompt template file")
+    run.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    run.add_argument("--scheduler", help="address of an existing Dask scheduler to use instead")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def _sections(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], Path]:
+    if args.job is not None:
+        sections = load_job_file(args.job)
+        base = args.job.resolve().parent
+    else:
+        sections, base = {}, Path.cwd()
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, (section, key) in _OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            if flag in ("input", "output", "errors", "journal", "template") or (
+                flag == "model" and not str(value).startswith("bundled:")
+            ):
+                value = str(Path(value).expanduser().resolve())  # flags are relative to cwd
+            overrides.setdefault(section, {})[key] = value
+    if overrides.get("job", {}).get("function"):
+        sections.setdefault("job", {}).pop("app", None)
+    if overrides.get("job", {}).get("app"):
+        sections.setdefault("job", {}).pop("function", None)
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return check_sections(sections, "command line"), base
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True, highlight=False)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    try:
+        sections, base = _sections(args)
+        plan = build_plan(sections, base, lambda text: console.print(text))
+    except ConfigError as exc:
+        console.print(f"pervade: error: {exc}", markup=False)
+        return EXIT_UNUSABLE
+    return _run(plan, console, quiet=args.quiet)
+
+
+def _run(plan: Plan, console: Console, quiet: bool) -> int:
+    where = plan.cluster.scheduler or f"a local Dask cluster of {plan.cluster.workers} workers"
+    console.print(f"Running {plan.job.name} over {plan.input} on {where}", markup=False)
+    started = time.monotonic()
+    view = ProgressView(sys.stderr, plain_every=0 if quiet else 10.0)
+    try:
+        with connect(
+            plan.cluster.scheduler, plan.cluster.workers, plan.cluster.dashboard
+        ) as client:
+            if plan.cluster.dashboard:
+                console.print(f"Dashboard: {client.dashboard_link}")
+            with view:
+                stats = run_job(
+                    client,
+                    plan.job,
+                    plan.input,
+                    plan.parse,
+                    plan.output,
+                    plan.errors,
+                    plan.journal,
+                    observer=None if quiet else view,
+                )
+    except (JournalMismatch, RunAborted) as exc:
+        console.print(f"pervade: error: {exc}", markup=False)
+        return EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        console.print(
+            "pervade: interrupted; every accepted result is in the journal. "
+            "Run the same command again to finish the rest."
+        )
+        return EXIT_INTERRUPTED
+    wall = time.monotonic() - started
+    correct_labelled = None
+    if plan.app is not None:
+        journal = Journal(plan.journal, plan.job.fingerprint(str(plan.input.resolve())))
+        try:
+            found = accuracy(journal.outcomes(Outcome.RESULT))
+            errors_total = journal.count(Outcome.ERROR)
+        finally:
+            journal.close()
+        correct_labelled = (found.correct, found.labelled)
+    else:
+        errors_total = stats.errors
+    paths = {"results": plan.output, "errors": plan.errors, "journal": plan.journal}
+    rows = summary_rows(stats, wall, correct_labelled, paths)
+    print_summary(Console(highlight=False), f"pervade: {plan.job.name}", rows)
+    if errors_total:
+        console.print(
+            f"{errors_total} items failed; their errors are in {plan.errors}", markup=False
+        )
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Turn job-file sections (with command-line overrides) into a runnable plan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pervade.apps.fact_verification.app import (
+    BATCH_FUNCTION,
+    BUNDLED_CLAIMS,
+    BUNDLED_TEMPLATE,
+    LABELS,
+    FactVerification,
+)
+from pervade.cli.jobfile import (
+    ClusterPlan,
+    generic_parser,
+    prompt_parser,
+    resolve_path,
+    typed,
+)
+from pervade.core.config import ConfigError, DispatchConfig
+from pervade.core.context import ContextSpec
+from pervade.engines.bundled import BundledModelError, cache_dir, resolve_model
+from pervade.runtime.artifacts import artifact
+from pervade.runtime.inputs import Parser
+from pervade.runtime.job import Job
+from pervade.runtime.output import errors_path_for
+from pervade.worker.imports import ImportPathError, resolve_import
+
+APPS = ("fact-verification",)
+DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
+ENGINE_LOADER = "pervade.engines.hf:load_engine"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    job: Job
+    input: Path
+    parse: Parser
+    output: Path
+    errors: Path
+    journal: Path
+    cluster: ClusterPlan
+    app: FactVerification | None
+
+
+def build_plan(
+    sections: dict[str, dict[str, Any]], base: Path, status: Callable[[str], None]
+) -> Plan:
+    job_section = sections.get("job", {})
+    function = typed(job_section, "function", str, None, "job")
+    app_name = typed(job_section, "app", str, None if function else APPS[0], "job")
+    if app_name is not None and function is not None:
+        raise ConfigError("job.app and job.function exclude each other: name one")
+    if app_name is not None and app_name not in APPS:
+        raise ConfigError(f"job.app {app_name!r} is unknown (known: {', '.join(APPS)})")
+    cluster = _cluster(sections.get("cluster", {}))
+    dispatch = _dispatch(sections.get("dispatch", {}))
+
+    app: FactVerification | None = None
+    if app_name == "fact-verification":
+        app_section = sections.get("app", {})
+        template = _path(app_section, "template", base, BUNDLED_TEMPLATE, "app")
+        labels = app_section.get("labels", list(LABELS))
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"app.labels must be a list of strings, got {labels!r}")
+        app = FactVerification.from_files(template, labels)
+        function, parse, options = BATCH_FUNCTION, app.parse, app.options
+        default_input: Path | None = BUNDLED_CLAIMS
+        name = typed(job_section, "name", str, "fact_verification", "job")
+    else:
+        assert function is not None
+        options = sections.get("options", {})
+        parse = prompt_parser if function.startswith("pervade.apps.llm:") else generic_parser
+        default_input = None
+        name = typed(job_section, "name", str, "job", "job")
+    _importable(function, "job.function")
+
+    input_path = _path(job_section, "input", base, default_input, "job")
+    if not input_path.is_file():
+        raise ConfigError(f"job.input {input_path} does not exist or is not a file")
+    output = _path(job_section, "output", base, Path("results") / f"{name}.jsonl", "job")
+    errors = _path(job_section, "errors", base, errors_path_for(output), "job")
+    journal = _path(
+        job_section, "journal", base, output.with_name(f"{output.stem}.journal.sqlite"), "job"
+    )
+    if len({output.resolve(), errors.resolve(), journal.resolve(), input_path.resolve()}) < 4:
+        raise ConfigError("job.input, job.output, job.errors and job.journal must all differ")
+
+    context = _context(sections, base, status)
+    job = Job(context, function, options, dispatch, name)
+    return Plan(job, input_path, parse, output, errors, journal, cluster, app)
+
+
+def _context(
+    sections: dict[str, dict[str, Any]], base: Path, status: Callable[[str], None]
+) -> ContextSpec:
+    digests = cache_dir() / "digests.json"
+    if "context" in sections:
+        if "model" in sections:
+            raise ConfigError("[context] and [model] exclude each other: a [model] is a context")
+        section = sections["context"]
+        loader = typed(section, "loader", str, None, "context")
+        if loader is None:
+            raise ConfigError(
+                "context.loader is required (an import path 'package.module:function')"
+            )
+        _importable(loader, "context.loader")
+        args = section.get("args", {})
+        paths = section.get("artifacts", {})
+        if not isinstance(args, dict) or not isinstance(paths, dict):
+            raise ConfigError("context.args and context.artifacts must be tables")
+        artifacts = []
+        for key, value in sorted(paths.items()):
+            path = resolve_path(value, base, f"context.artifacts.{key}")
+            if not path.exists():
+                raise ConfigError(f"context.artifacts.{key}: {path} does not exist")
+            artifacts.append(artifact(key, path, digests))
+        label = typed(section, "label", str, "", "context")
+        return ContextSpec(loader, args, tuple(artifacts), label)
+    section = sections.get("model", {})
+    spec = typed(section, "path", str, DEFAULT_MODEL, "model")
+    if not spec.startswith("bundled:"):
+        spec = str(resolve_path(spec, base, "model.path"))
+    try:
+        if spec.startswith("bundled:"):
+            status(f"Preparing the bundled model {spec} (converted once into the cache)")
+        folder = resolve_model(spec)
+    except BundledModelError as exc:
+        raise ConfigError(f"model.path: {exc}") from None
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model.path {folder} is not a Hugging Face model folder (no config.json)"
+        )
+    engine_args: dict[str, Any] = {
+        "dtype": typed(section, "dtype", str, "auto", "model"),
+        "device": typed(section, "device", str, "auto", "model"),
+        "batch_size": typed(section, "batch_size", int, 16, "model"),
+        "max_batch_tokens": typed(section, "max_batch_tokens", int, 16384, "model"),
+    }
+    if engine_args["dtype"] not in ("auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(
+            f"model.dtype must be auto, bfloat16, float16 or float32: {engine_args['dtype']!r}"
+        )
+    for key in ("batch_size", "max_batch_tokens"):
+        if engine_args[key] < 1:
+            raise ConfigError(f"model.{key} must be positive, got {engine_args[key]}")
+    threads = typed(section, "threads", int, None, "model")
+    if threads is not None:
+        engine_args["threads"] = threads
+    label = spec.removeprefix("bundled:") if spec.startswith("bundled:") else folder.name
+    return ContextSpec(ENGINE_LOADER, engine_args, (artifact("model", folder, digests),), label)
+
+
+def _path(section: dict[str, Any], key: str, base: Path, default: Path | None, where: str) -> Path:
+    if key in section:
+        return resolve_path(section[key], base, f"{where}.{key}")
+    if default is None:
+        raise ConfigError(f"{where}.{key} is required")
+    return default
+
+
+def _cluster(section: dict[str, Any]) -> ClusterPlan:
+    workers = typed(section, "workers", int, 2, "cluster")
+    if workers < 1:
+        raise ConfigError(f"cluster.workers must be at least 1, got {workers}")
+    scheduler = typed(section, "scheduler", str, None, "cluster") or None
+    return ClusterPlan(workers, scheduler, bool(section.get("dashboard", False)))
+
+
+def _dispatch(section: dict[str, Any]) -> DispatchConfig:
+    for key, value in section.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"dispatch.{key} must be an integer, got {value!r}")
+    return DispatchConfig(**section)
+
+
+def _importable(path: str, key: str) -> None:
+    try:
+        resolve_import(path)
+    except ImportPathError as exc:
+        raise ConfigError(f"{key}: {exc}") from None

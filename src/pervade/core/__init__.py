@@ -1,0 +1,55 @@
+"""Sans-I/O policy of pervade: events in, decisions out, `now` passed in.
+
+Nothing here reads a clock, touches a file or a socket, or imports dask or torch, so the
+simulator and the Dask runtime drive exactly the same policy.
+"""
+
+from pervade.core.config import DispatchConfig
+from pervade.core.context import Artifact, ContextSpec
+from pervade.core.decisions import (
+    Abort,
+    CancelTask,
+    Decision,
+    FailItems,
+    LoadContext,
+    RequeueItems,
+    RunTask,
+)
+from pervade.core.dispatcher import Dispatcher
+from pervade.core.events import (
+    ContextStateChanged,
+    Event,
+    ItemsSubmitted,
+    TaskFailed,
+    TaskFinished,
+    WorkerJoined,
+    WorkerLeft,
+)
+from pervade.core.items import Item, ItemError, ItemRef, TaskOutputs
+from pervade.core.states import ContextState
+
+__all__ = [
+    "Abort",
+    "Artifact",
+    "CancelTask",
+    "ContextSpec",
+    "ContextState",
+    "ContextStateChanged",
+    "Decision",
+    "DispatchConfig",
+    "Dispatcher",
+    "Event",
+    "FailItems",
+    "Item",
+    "ItemError",
+    "ItemRef",
+    "ItemsSubmitted",
+    "LoadContext",
+    "RequeueItems",
+    "RunTask",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskOutputs",
+    "WorkerJoined",
+    "WorkerLeft",
+]

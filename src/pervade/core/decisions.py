@@ -1,0 +1,53 @@
+"""Decisions: what the runtime (or the simulator) should do next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    worker: str
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    task: str
+    worker: str
+    context: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """Forget this task: its worker is gone or its items are back in the queue."""
+
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueItems:
+    """These items' attempt in `task` ended without a result; they will run again."""
+
+    task: str
+    items: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailItems:
+    """These items used up their failure budget: record `error` as their outcome."""
+
+    items: tuple[str, ...]
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """No progress is possible (the context cannot be built on any worker)."""
+
+    reason: str
+
+
+Decision = LoadContext | RunTask | CancelTask | RequeueItems | FailItems | Abort

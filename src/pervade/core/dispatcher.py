@@ -1,0 +1,250 @@
+"""The dispatcher: which worker runs which items under which context, and when to build one.
+
+`Dispatcher.handle(event, now)` is the only entry point; it mutates the dispatcher's own
+bookkeeping and returns decisions for the caller to carry out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pervade.core.backlog import Backlog
+from pervade.core.config import DispatchConfig
+from pervade.core.decisions import (
+    Abort,
+    CancelTask,
+    Decision,
+    FailItems,
+    LoadContext,
+    RequeueItems,
+    RunTask,
+)
+from pervade.core.events import (
+    ContextStateChanged,
+    Event,
+    ItemsSubmitted,
+    TaskFailed,
+    TaskFinished,
+    WorkerJoined,
+    WorkerLeft,
+)
+from pervade.core.items import ItemRef
+from pervade.core.states import ContextState
+
+
+@dataclass(slots=True)
+class _Worker:
+    name: str
+    joined: float
+    contexts: dict[str, ContextState] = field(default_factory=dict)
+    load_failures: dict[str, int] = field(default_factory=dict)
+    tasks: set[str] = field(default_factory=set)
+
+    def is_live(self, context: str) -> bool:
+        state = self.contexts.get(context)
+        return state is not None and state.is_live
+
+    @property
+    def is_building(self) -> bool:
+        return any(state.is_building for state in self.contexts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    id: str
+    worker: str
+    context: str
+    items: tuple[ItemRef, ...]
+    started: float
+
+
+class Dispatcher:
+    def __init__(self, config: DispatchConfig | None = None) -> None:
+        self.config = config or DispatchConfig()
+        self._workers: dict[str, _Worker] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._backlogs: dict[str, Backlog] = {}
+        self._failures: dict[str, int] = {}
+        self._task_seq = 0
+        self.load_seconds: dict[str, list[float]] = {}
+
+    # -- read-only views -------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return sum(len(b) for b in self._backlogs.values())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def is_idle(self) -> bool:
+        return self.pending == 0 and not self._tasks
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(self._workers)
+
+    def live_contexts(self) -> int:
+        """Contexts live across all workers (one worker with one model counts one)."""
+        return sum(
+            1 for w in self._workers.values() for state in w.contexts.values() if state.is_live
+        )
+
+    def task_worker(self, task: str) -> str | None:
+        found = self._tasks.get(task)
+        return found.worker if found else None
+
+    # -- the entry point -------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        match event:
+            case ItemsSubmitted(context=context, items=items):
+                self._backlogs.setdefault(context, Backlog()).add(items)
+            case WorkerJoined(worker=worker, live_contexts=live):
+                if worker not in self._workers:
+                    self._workers[worker] = _Worker(
+                        worker, now, contexts=dict.fromkeys(live, ContextState.WARM)
+                    )
+            case WorkerLeft(worker=worker):
+                decisions += self._worker_left(worker)
+            case ContextStateChanged():
+                self._context_changed(event)
+            case TaskFinished(task=task):
+                self._task_finished(task)
+            case TaskFailed():
+                decisions += self._task_failed(event)
+        decisions += self._fill(now)
+        return decisions
+
+    # -- event handlers --------------------------------------------------------------
+
+    def _worker_left(self, name: str) -> list[Decision]:
+        worker = self._workers.pop(name, None)
+        if worker is None:
+            return []
+        decisions: list[Decision] = []
+        for task_id in sorted(worker.tasks):
+            task = self._tasks.pop(task_id)
+            self._backlogs.setdefault(task.context, Backlog()).add(task.items)
+            decisions.append(CancelTask(task_id))
+            decisions.append(RequeueItems(task_id, _ids(task.items), "evicted"))
+        return decisions
+
+    def _context_changed(self, event: ContextStateChanged) -> None:
+        worker = self._workers.get(event.worker)
+        if worker is None:
+            return
+        worker.contexts[event.context] = event.state
+        if event.state is ContextState.FAILED:
+            worker.load_failures[event.context] = worker.load_failures.get(event.context, 0) + 1
+        if event.load_seconds is not None and event.state.is_live:
+            self.load_seconds.setdefault(event.context, []).append(event.load_seconds)
+
+    def _task_finished(self, task_id: str) -> None:
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return  # a late duplicate of a task already given up on
+        worker = self._workers.get(task.worker)
+        if worker is not None:
+            worker.tasks.discard(task_id)
+        for item in task.items:
+            self._failures.pop(item.id, None)
+        # The same items may have been requeued (a worker declared gone too early): their
+        # outcome now exists, so they must not run again.
+        backlog = self._backlogs.get(task.context)
+        if backlog is not None and len(backlog):
+            backlog.discard(set(_ids(task.items)))
+
+    def _task_failed(self, event: TaskFailed) -> list[Decision]:
+        task = self._tasks.pop(event.task, None)
+        if task is None:
+            return []
+        worker = self._workers.get(task.worker)
+        if worker is not None:
+            worker.tasks.discard(task.id)
+        backlog = self._backlogs.setdefault(task.context, Backlog())
+        if event.evicted:
+            backlog.add(task.items)
+            return [RequeueItems(task.id, _ids(task.items), "evicted")]
+        retry: list[ItemRef] = []
+        exhausted: list[str] = []
+        for item in task.items:
+            count = self._failures.get(item.id, 0) + 1
+            self._failures[item.id] = count
+            if count >= self.config.max_failures:
+                exhausted.append(item.id)
+                del self._failures[item.id]
+            else:
+                retry.append(item)
+        decisions: list[Decision] = []
+        if retry:
+            backlog.add_solo(retry)
+            decisions.append(RequeueItems(task.id, _ids(retry), f"task raised: {event.error}"))
+        if exhausted:
+            decisions.append(FailItems(tuple(exhausted), event.error))
+        return decisions
+
+    # -- placement -------------------------------------------------------------------
+
+    def _fill(self, now: float) -> list[Decision]:
+        wanted = [c for c, b in self._backlogs.items() if len(b)]
+        if not wanted:
+            return []
+        decisions: list[Decision] = []
+        # Workers with a live context first, least loaded first: warm slots are used
+        # before any new context is built.
+        order = sorted(
+            self._workers.values(),
+            key=lambda w: (not any(w.is_live(c) for c in wanted), len(w.tasks), w.joined),
+        )
+        for worker in order:
+            for context in wanted:
+                backlog = self._backlogs[context]
+                while (
+                    worker.is_live(context)
+                    and len(backlog)
+                    and (len(worker.tasks) < self.config.max_in_flight)
+                ):
+                    decisions.append(self._start_task(worker, context, backlog, now))
+        for context in wanted:
+            if not len(self._backlogs[context]):
+                continue
+            for worker in order:
+                if worker.tasks or worker.is_building or worker.is_live(context):
+                    continue
+                if worker.load_failures.get(context, 0) >= self.config.max_load_failures:
+                    continue
+                worker.contexts[context] = ContextState.LOADING
+                decisions.append(LoadContext(worker.name, context))
+            if self._workers and all(
+                w.load_failures.get(context, 0) >= self.config.max_load_failures
+                for w in self._workers.values()
+            ):
+                decisions.append(
+                    Abort(
+                        f"context {context[:12]} failed to build on every worker "
+                        f"({len(self._workers)}), {self.config.max_load_failures} times each"
+                    )
+                )
+        return decisions
+
+    def _task_size(self) -> int:
+        slots = max(1, len(self._workers)) * self.config.max_in_flight
+        size = math.ceil(self.pending / (slots * self.config.tasks_per_slot))
+        return max(self.config.min_task_items, min(self.config.max_task_items, size))
+
+    def _start_task(self, worker: _Worker, context: str, backlog: Backlog, now: float) -> RunTask:
+        items, _solo = backlog.take(self._task_size())
+        self._task_seq += 1
+        task = _Task(f"t{self._task_seq}", worker.name, context, items, now)
+        self._tasks[task.id] = task
+        worker.tasks.add(task.id)
+        return RunTask(task.id, worker.name, context, _ids(items))
+
+
+def _ids(items: tuple[ItemRef, ...] | list[ItemRef]) -> tuple[str, ...]:
+    return tuple(item.id for item in items)

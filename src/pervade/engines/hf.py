@@ -1,0 +1,302 @@
+"""Hugging Face transformers engine: any local causal-LM folder.
+
+`choose` scores every answer in ONE forward pass per batch: each row holds the prompt
+followed by all the candidate answers, and a 4-D attention mask lets each answer see the
+prompt and its own earlier tokens only (position ids restart after the prompt for every
+answer). Compute is prompt + answers, not prompt × answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pervade.core.items import ItemError
+from pervade.engines.device import pick_device, pick_dtype
+from pervade.engines.protocol import Choice, Generation
+
+
+def load_engine(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 16,
+    max_batch_tokens: int = 16384,
+    threads: int | None = None,
+    quiet: bool = True,
+) -> HFEngine:
+    """Context loader: build an engine from a local model folder (`model` is its path).
+
+    `quiet` silences transformers' per-load progress bars, which would interleave on
+    the driver's terminal from every worker.
+    """
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    return HFEngine.load(
+        Path(model),
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        threads=threads,
+    )
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: torch.device,
+        batch_size: int = 16,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be positive")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.load_seconds = 0.0
+        self._pad_id = _pad_token_id(tokenizer, model)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        max_batch_tokens: int = 16384,
+        threads: int | None = None,
+    ) -> HFEngine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        started = time.perf_counter()
+        dev = pick_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(dtype, dev), device_map=str(dev) if dev.type != "cpu" else None
+        )
+        model.eval()
+        engine = cls(model, tokenizer, dev, batch_size, max_batch_tokens)
+        engine.load_seconds = time.perf_counter() - started
+        return engine
+
+    @property
+    def max_length(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(self.tokenizer.model_max_length)
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self._encode(prompts)]
+
+    def _encode(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    # -- choose ----------------------------------------------------------------------
+
+    def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[Choice | ItemError]:
+        if len(choices) < 2:
+            raise ValueError("choose needs at least two choices")
+        choice_ids = self._encode(choices, special=False)
+        if any(not ids for ids in choice_ids):
+            raise ValueError("every choice must be at least one token long")
+        prompt_ids = self._encode(prompts)
+        answer_tokens = sum(len(ids) for ids in choice_ids)
+        results: list[Choice | ItemError | None] = [
+            _too_long(len(ids) + answer_tokens, self.max_length) for ids in prompt_ids
+        ]
+        fits = [i for i, r in enumerate(results) if r is None]
+        for batch in self._batches(fits, [len(prompt_ids[i]) + answer_tokens for i in fits]):
+            scores = self._score_batch([prompt_ids[i] for i in batch], choice_ids)
+            for i, row in zip(batch, scores, strict=True):
+                named = {c: s for c, s in zip(choices, row, strict=True)}
+                best = max(named, key=named.__getitem__)
+                results[i] = Choice(best, named, len(prompt_ids[i]))
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _score_batch(self, prompts: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        # Prompts are left-padded so that they all end in the same column; the answers then
+        # sit in the same columns of every row, and only those columns need logits (the
+        # output projection over the vocabulary is a fifth of a small model's compute).
+        rows, end = len(prompts), max(len(p) for p in prompts)
+        starts = [end]
+        for choice in choices[:-1]:
+            starts.append(starts[-1] + len(choice))
+        width = starts[-1] + len(choices[-1])
+        ids = torch.full((rows, width), self._pad_id, dtype=torch.long)
+        positions = torch.zeros((rows, width), dtype=torch.long)
+        mask = torch.zeros((rows, 1, width, width), dtype=torch.bool)
+        for r, prompt in enumerate(prompts):
+            n = len(prompt)
+            begin = end - n
+            ids[r, begin:end] = torch.tensor(prompt)
+            positions[r, begin:end] = torch.arange(n)
+            mask[r, 0, begin:end, begin:end] = torch.ones(n, n, dtype=torch.bool).tril()
+            for choice, start in zip(choices, starts, strict=True):
+                k = len(choice)
+                ids[r, start : start + k] = torch.tensor(choice)
+                positions[r, start : start + k] = torch.arange(n, n + k)
+                mask[r, 0, start : start + k, begin:end] = True
+                mask[r, 0, start : start + k, start : start + k] = torch.ones(
+                    k, k, dtype=torch.bool
+                ).tril()
+            # Padding attends to itself only, so no row of the mask is empty (NaN in softmax).
+            pad = torch.arange(begin)
+            mask[r, 0, pad, pad] = True
+        # Column whose logits predict each answer token: the last prompt column for the
+        # first token, the answer's own previous column for the others.
+        reads = [
+            [end - 1] + [s + j - 1 for j in range(1, len(c))]
+            for c, s in zip(choices, starts, strict=True)
+        ]
+        keep = sorted({col for cols in reads for col in cols})
+        where = {col: i for i, col in enumerate(keep)}
+        logits = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            logits_to_keep=torch.tensor(keep, device=self.device),
+        ).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        out: list[list[float]] = []
+        for r in range(rows):
+            row = []
+            for choice, cols in zip(choices, reads, strict=True):
+                row.append(
+                    sum(
+                        logprobs[r, where[col], tok].item()
+                        for col, tok in zip(cols, choice, strict=True)
+                    )
+                )
+            out.append(row)
+        return out
+
+    # -- generate --------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Generation | ItemError]:
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        prompt_ids = self._encode(prompts)
+        results: list[Generation | ItemError | None] = [
+            _too_long(len(ids) + max_new_tokens, self.max_length) for ids in prompt_ids
+        ]
+        fits = [i for i, r in enumerate(results) if r is None]
+        lengths = [len(prompt_ids[i]) + max_new_tokens for i in fits]
+        for batch in self._batches(fits, lengths):
+            if seed is not None:
+                torch.manual_seed(seed)
+            texts, counts = self._generate_batch(
+                [prompt_ids[i] for i in batch], max_new_tokens, temperature, top_p
+            )
+            for i, text, count in zip(batch, texts, counts, strict=True):
+                results[i] = Generation(text, len(prompt_ids[i]), count)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float
+    ) -> tuple[list[str], list[int]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, prompt in enumerate(prompts):  # left padding: every prompt ends together
+            ids[r, width - len(prompt) :] = torch.tensor(prompt)
+            attention[r, width - len(prompt) :] = 1
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            if temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        output = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self._pad_id,
+            **sampling,
+        )
+        new = output[:, width:].cpu()
+        eos = _eos_ids(self.tokenizer, self.model)
+        texts, counts = [], []
+        for row in new.tolist():
+            kept = []
+            for token in row:
+                if token in eos:
+                    break
+                kept.append(token)
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+            counts.append(len(kept))
+        return texts, counts
+
+    # -- batching --------------------------------------------------------------------
+
+    def _batches(self, indices: list[int], lengths: list[int]) -> Iterator[list[int]]:
+        """Length-sorted batches of at most batch_size rows and max_batch_tokens padded tokens."""
+        order = sorted(range(len(indices)), key=lambda k: lengths[k])
+        batch: list[int] = []
+        longest = 0
+        for k in order:
+            grown = max(longest, lengths[k])
+            if batch and (
+                len(batch) >= self.batch_size or grown * (len(batch) + 1) > self.max_batch_tokens
+            ):
+                yield batch
+                batch, grown = [], lengths[k]
+            batch.append(indices[k])
+            longest = grown
+        if batch:
+            yield batch
+
+
+def _too_long(tokens: int, limit: int) -> ItemError | None:
+    if tokens <= limit:
+        return None
+    return ItemError(
+        f"prompt and answer take {tokens} tokens; the model takes at most {limit}",
+        field="prompt",
+    )
+
+
+def _pad_token_id(tokenizer: Any, model: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, model.config.eos_token_id):
+        if isinstance(candidate, list) and candidate:
+            candidate = candidate[0]
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    found: set[int] = set()
+    for candidate in (tokenizer.eos_token_id, model.generation_config.eos_token_id):
+        if isinstance(candidate, int):
+            found.add(candidate)
+        elif isinstance(candidate, list):
+            found.update(c for c in candidate if isinstance(c, int))
+    return found

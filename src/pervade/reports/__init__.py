@@ -1,0 +1,1 @@
+"""Human-facing views of a run: live progress and the closing summary."""

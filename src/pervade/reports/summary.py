@@ -1,0 +1,60 @@
+"""The closing summary of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pervade.reports.progress import format_duration
+from pervade.runtime.stats import RunStats
+
+
+def summary_rows(
+    stats: RunStats,
+    wall_seconds: float,
+    accuracy: tuple[int, int] | None,
+    paths: dict[str, Path],
+) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    total = stats.total if stats.total is not None else stats.done
+    rows.append(("items", f"{stats.done} of {total} have an outcome"))
+    rows.append(
+        (
+            "this run",
+            f"{stats.results} results, {stats.errors} errors"
+            + (f", {stats.resumed} done by earlier runs" if stats.resumed else ""),
+        )
+    )
+    if accuracy is not None:
+        correct, labelled = accuracy
+        share = f"{100 * correct / labelled:.1f}%" if labelled else "n/a"
+        rows.append(("accuracy", f"{share} ({correct} of {labelled} labelled items)"))
+    rows.append(("wall time", format_duration(wall_seconds)))
+    busy = stats.load_seconds + stats.infer_seconds
+    if busy > 0:
+        rows.append(
+            (
+                "worker time",
+                f"{stats.load_seconds:.1f} s loading contexts ({stats.context_loads} loads), "
+                f"{stats.infer_seconds:.1f} s inferring ({100 * stats.infer_seconds / busy:.0f}%)",
+            )
+        )
+    if stats.items_per_second or stats.results:
+        rate = stats.results / wall_seconds if wall_seconds > 0 else 0.0
+        rows.append(("throughput", f"{rate:.1f} items/s over the run"))
+    if stats.requeued:
+        rows.append(("requeued", f"{stats.requeued} item attempts ran again"))
+    for name, path in paths.items():
+        rows.append((name, str(path.resolve())))
+    return rows
+
+
+def print_summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)

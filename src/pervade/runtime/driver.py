@@ -1,0 +1,333 @@
+"""The driver: one thread that feeds Dask events to the core and carries out its decisions.
+
+Dask reports through callbacks on its own threads (future done, topic messages); those only
+put a message on a queue. Everything else, the core, the journal and the output files,
+is touched by the driver thread alone.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from distributed import Client, Future
+
+from pervade.core import (
+    Abort,
+    CancelTask,
+    ContextState,
+    ContextStateChanged,
+    Decision,
+    Dispatcher,
+    Event,
+    FailItems,
+    Item,
+    ItemError,
+    ItemRef,
+    ItemsSubmitted,
+    LoadContext,
+    RequeueItems,
+    RunTask,
+    TaskFailed,
+    TaskFinished,
+    WorkerJoined,
+    WorkerLeft,
+)
+from pervade.journal import Accepted, Journal, Outcome
+from pervade.runtime.inputs import InputProblem, SourceItem
+from pervade.runtime.job import Job
+from pervade.runtime.output import ResultSink
+from pervade.runtime.stats import RunStats
+from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
+from pervade.worker.tasks import TaskReport, live_contexts, load_context, run_task
+
+Observer = Callable[[RunStats], None]
+
+
+class RunAborted(RuntimeError):
+    """The run cannot make progress; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    membership_poll: float = 0.5  # seconds between looks at the scheduler's worker list
+    window: int = 20_000  # items read ahead of the dispatcher
+    observe_every: float = 0.25
+
+
+class Driver:
+    def __init__(
+        self,
+        client: Client,
+        job: Job,
+        journal: Journal,
+        sink: ResultSink,
+        stats: RunStats,
+        config: DriverConfig | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.client = client
+        self.job = job
+        self.journal = journal
+        self.sink = sink
+        self.stats = stats
+        self.config = config or DriverConfig()
+        self.observer = observer
+        self.core = Dispatcher(job.dispatch)
+        self._context = job.context.id
+        self._run = secrets.token_hex(4)  # task keys stay unique across reruns on one cluster
+        self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._futures: dict[str, Future[TaskReport]] = {}
+        self._window: dict[str, SourceItem] = {}
+        self._workers: set[str] = set()
+        self._states: dict[tuple[str, str], ContextState] = {}
+        self._last_load_error = ""
+        self._accepted: list[Accepted] = []
+        self._started = time.monotonic()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, source: Iterator[SourceItem | InputProblem]) -> Iterator[list[Accepted]]:
+        """Run to the end, yielding each batch of newly accepted outcomes."""
+        self._started = time.monotonic()
+        self.client.register_plugin(ContextHostPlugin())
+        self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
+        finished = self.journal.finished_ids()
+        self.stats.resumed = len(finished)
+        exhausted = False
+        next_poll = next_observe = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_poll:
+                    self._poll_membership()
+                    next_poll = now + self.config.membership_poll
+                if not exhausted and self.core.pending < self.config.window // 2:
+                    exhausted = self._feed(source, finished)
+                if exhausted and self.core.is_idle:
+                    break
+                try:
+                    kind, payload = self._messages.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+                else:
+                    self._on_message(kind, payload)
+                if self._accepted:
+                    batch, self._accepted = self._accepted, []
+                    yield batch
+                if now >= next_observe:
+                    self._observe()
+                    next_observe = now + self.config.observe_every
+        finally:
+            self.client.unsubscribe_topic(STATE_TOPIC)
+            for future in self._futures.values():
+                future.cancel()
+            self._futures.clear()
+        self._observe()
+
+    def _now(self) -> float:
+        return time.monotonic() - self._started
+
+    def _put(self, kind: str, payload: Any) -> None:
+        self._messages.put((kind, payload))
+
+    def _observe(self) -> None:
+        self.stats.workers = len(self._workers)
+        self.stats.live_contexts = sum(1 for s in self._states.values() if s.is_live)
+        self.stats.sample(self._now())
+        if self.observer is not None:
+            self.observer(self.stats)
+
+    # -- events in -------------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        for decision in self.core.handle(event, self._now()):
+            self._carry_out(decision)
+
+    def _feed(self, source: Iterator[SourceItem | InputProblem], finished: set[str]) -> bool:
+        refs: list[ItemRef] = []
+        lines: list[tuple[str, int]] = []
+        problems: list[tuple[str, Outcome, dict[str, Any]]] = []
+        exhausted = True
+        for entry in source:
+            if isinstance(entry, InputProblem):
+                problems.append((entry.key, Outcome.ERROR, entry.as_record()))
+            elif entry.id not in finished:
+                self._window[entry.id] = entry
+                refs.append(ItemRef(entry.id, entry.cost))
+                lines.append((entry.id, entry.line))
+            if len(refs) + len(problems) >= self.config.window:
+                exhausted = False
+                break
+        if problems:
+            self._accept(problems)
+        if refs:
+            self.journal.register_items(lines)
+            self._handle(ItemsSubmitted(self._context, tuple(refs)))
+        return exhausted
+
+    def _poll_membership(self) -> None:
+        current = set(self.client.scheduler_info()["workers"])
+        for worker in sorted(current - self._workers):
+            self._workers.add(worker)
+            try:
+                live = self.client.run(live_contexts, workers=[worker]).get(worker, [])
+            except Exception:  # not set up yet, or already gone: treat it as empty
+                live = []
+            for context in live:
+                self._states[(worker, context)] = ContextState.WARM
+            self._handle(WorkerJoined(worker, tuple(live)))
+        for worker in sorted(self._workers - current):
+            self._workers.discard(worker)
+            for key in [k for k in self._states if k[0] == worker]:
+                del self._states[key]
+            self._handle(WorkerLeft(worker))
+
+    def _on_message(self, kind: str, payload: Any) -> None:
+        if kind == "state":
+            _timestamp, message = payload
+            worker, context = message["worker"], message["context"]
+            state = ContextState(message["state"])
+            if worker not in self._workers:
+                return
+            self._states[(worker, context)] = state
+            # A failed build is reported to the core by the load future alone, so that
+            # one failure is never counted twice.
+            if state is not ContextState.FAILED:
+                self._handle(ContextStateChanged(worker, context, state))
+        elif kind == "task":
+            self._task_done(*payload)
+        elif kind == "load":
+            self._load_done(*payload)
+
+    def _task_done(self, task: str, future: Future[TaskReport]) -> None:
+        if self._futures.get(task) is not future:
+            return  # cancelled by a decision earlier: its items are already back in the queue
+        del self._futures[task]
+        if future.status == "finished":
+            report: TaskReport = future.result()
+            self.stats.tasks += 1
+            self.stats.tokens += report.tokens
+            self.stats.infer_seconds += report.infer_seconds
+            self.stats.load_seconds += report.load_seconds
+            self._accept(
+                [self._outcome(item_id, value) for item_id, value in report.outcomes], task
+            )
+            self._handle(TaskFinished(task))
+            return
+        if future.status == "cancelled":
+            return
+        error = future.exception()
+        evicted = self.core.task_worker(task) not in self._current_workers()
+        self.journal.end_attempts(task, "evicted" if evicted else "failed")
+        self._handle(TaskFailed(task, f"{type(error).__name__}: {error}", evicted))
+
+    def _current_workers(self) -> set[str]:
+        return set(self.client.scheduler_info()["workers"])
+
+    def _load_done(self, worker: str, context: str, future: Future[float]) -> None:
+        if future.status == "finished":
+            seconds = float(future.result())
+            if seconds > 0:
+                self.stats.context_loads += 1
+                self.stats.load_seconds += seconds
+                self.journal.record_context_load(worker, context, seconds)
+            self._states[(worker, context)] = ContextState.WARM
+            self._handle(ContextStateChanged(worker, context, ContextState.WARM, seconds))
+        elif future.status == "error":
+            error = future.exception()
+            self._last_load_error = f"{worker}: {type(error).__name__}: {error}"
+            self._states[(worker, context)] = ContextState.FAILED
+            self._handle(ContextStateChanged(worker, context, ContextState.FAILED))
+
+    # -- decisions out ---------------------------------------------------------------
+
+    def _carry_out(self, decision: Decision) -> None:
+        match decision:
+            case RunTask(task=task, worker=worker, items=ids):
+                # An item whose outcome arrived meanwhile (a late copy) has left the window.
+                items = [Item(i, self._window[i].data) for i in ids if i in self._window]
+                if not items:
+                    self._handle(TaskFinished(task))
+                    return
+                self.journal.start_attempts(task, worker, ids)
+                future = self.client.submit(
+                    run_task,
+                    self.job.context,
+                    self.job.function,
+                    dict(self.job.options),
+                    items,
+                    key=f"pervade-{self._run}-{task}",
+                    workers=[worker],
+                    allow_other_workers=False,
+                    pure=False,
+                    retries=0,
+                )
+                self._futures[task] = future
+                future.add_done_callback(lambda f, t=task: self._put("task", (t, f)))
+            case LoadContext(worker=worker, context=context):
+                loading: Future[float] = self.client.submit(
+                    load_context,
+                    self.job.context,
+                    key=f"pervade-{self._run}-load-{context[:12]}-{secrets.token_hex(3)}",
+                    workers=[worker],
+                    allow_other_workers=False,
+                    pure=False,
+                    retries=0,
+                )
+                loading.add_done_callback(
+                    lambda f, w=worker, c=context: self._put("load", (w, c, f))
+                )
+            case CancelTask(task=task):
+                cancelled = self._futures.pop(task, None)
+                if cancelled is not None:
+                    cancelled.cancel()
+            case RequeueItems(task=task, items=ids, reason=reason):
+                self.stats.requeued += len(ids)
+                self.journal.end_attempts(task, reason, ids)
+            case FailItems(items=ids, error=error):
+                self._accept(
+                    [(i, Outcome.ERROR, {"id": i, "error": error, "stage": "task"}) for i in ids]
+                )
+            case Abort(reason=reason):
+                detail = f"; last error: {self._last_load_error}" if self._last_load_error else ""
+                raise RunAborted(reason + detail)
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _outcome(self, item_id: str, value: Any) -> tuple[str, Outcome, dict[str, Any]]:
+        if isinstance(value, ItemError):
+            record: dict[str, Any] = {"id": item_id, "error": value.message, "stage": "item"}
+            if value.field:
+                record["field"] = value.field
+            entry = self._window.get(item_id)
+            if entry is not None:
+                record["line"] = entry.line
+            return item_id, Outcome.ERROR, record
+        body = dict(value) if isinstance(value, dict) else {"value": value}
+        body = {"id": item_id, **{k: v for k, v in body.items() if k != "id"}}
+        try:
+            json.dumps(body)
+        except (TypeError, ValueError) as exc:
+            message = f"{self.job.function} returned a value that is not JSON: {exc}"
+            return item_id, Outcome.ERROR, {"id": item_id, "error": message, "stage": "item"}
+        return item_id, Outcome.RESULT, body
+
+    def _accept(
+        self, outcomes: list[tuple[str, Outcome, dict[str, Any]]], task: str | None = None
+    ) -> None:
+        accepted = self.journal.accept(outcomes, task)
+        self.sink.write(accepted)
+        for outcome in accepted:
+            if outcome.kind is Outcome.RESULT:
+                self.stats.results += 1
+            else:
+                self.stats.errors += 1
+            self._window.pop(outcome.item_id, None)
+        self._accepted.extend(accepted)

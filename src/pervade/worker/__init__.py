@@ -1,0 +1,1 @@
+"""The worker side of the Dask boundary: what runs inside each Dask worker process."""

@@ -1,0 +1,55 @@
+"""The Dask WorkerPlugin that holds a worker's contexts and reports their states."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from distributed import WorkerPlugin, get_worker
+
+from pervade.core.states import ContextState
+from pervade.worker.context_host import ContextHost
+
+PLUGIN_NAME = "pervade-context-host"
+STATE_TOPIC = "pervade-context-state"
+
+# One host per worker process, kept outside the plugin object: a driver that reconnects
+# registers the plugin again, and Dask then replaces the plugin instance. The contexts
+# it built must survive that.
+_HOSTS: dict[str, ContextHost] = {}
+
+
+class ContextHostPlugin(WorkerPlugin):
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self.host: ContextHost | None = None
+
+    def setup(self, worker: Any) -> None:
+        address = str(worker.address)
+
+        def notify(context: str, state: ContextState, seconds: float | None) -> None:
+            message = {
+                "worker": address,
+                "context": context,
+                "state": state.value,
+                "load_seconds": seconds,
+            }
+            # A closing worker cannot report; its states die with it.
+            with contextlib.suppress(Exception):
+                worker.log_event(STATE_TOPIC, message)
+
+        host = _HOSTS.get(address)
+        if host is None:
+            host = _HOSTS[address] = ContextHost(notify)
+        self.host = host
+
+
+def context_host(worker: Any = None) -> ContextHost:
+    """The host of `worker`, by default the worker this task runs on."""
+    worker = worker if worker is not None else get_worker()
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    if plugin is None or plugin.host is None:
+        raise RuntimeError(f"worker {worker.address} has no {PLUGIN_NAME} plugin registered")
+    host: ContextHost = plugin.host
+    return host
