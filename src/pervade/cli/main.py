@@ -24,7 +24,8 @@ from pervade.reports.progress import ProgressView
 from pervade.reports.summary import print_summary, summary_rows
 from pervade.runtime.cluster import connect
 from pervade.runtime.driver import RunAborted
-from pervade.runtime.session import run_job
+from pervade.runtime.output import OutputConflict
+from pervade.runtime.session import preflight, run_job
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -92,13 +93,16 @@ def _sections(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], Path
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     try:
         sections, base = _sections(args)
         plan = build_plan(sections, base, lambda text: console.print(text))
     except ConfigError as exc:
-        console.print(f"pervade: error: {exc}", markup=False)
+        message = str(exc)
+        if args.job is not None and str(args.job) not in message:
+            message = f"{args.job}: {message}"
+        console.print(f"pervade: error: {message}", markup=False)
         return EXIT_UNUSABLE
     return _run(plan, console, quiet=args.quiet)
 
@@ -109,6 +113,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
     started = time.monotonic()
     view = ProgressView(sys.stderr, plain_every=0 if quiet else 10.0)
     try:
+        preflight(plan.job, plan.input, plan.output, plan.errors, plan.journal)
         with connect(
             plan.cluster.scheduler, plan.cluster.workers, plan.cluster.dashboard
         ) as client:
@@ -125,7 +130,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
                     plan.journal,
                     observer=None if quiet else view,
                 )
-    except (JournalMismatch, RunAborted) as exc:
+    except (JournalMismatch, OutputConflict, RunAborted) as exc:
         console.print(f"pervade: error: {exc}", markup=False)
         return EXIT_UNUSABLE
     except KeyboardInterrupt:

@@ -66,6 +66,9 @@ class Dispatcher:
         self._tasks: dict[str, _Task] = {}
         self._backlogs: dict[str, Backlog] = {}
         self._failures: dict[str, int] = {}
+        # Items that were in a task that raised: they run one per task until they finish,
+        # even across evictions, so a bad item can never again share a failure.
+        self._isolated: set[str] = set()
         self._task_seq = 0
         self.load_seconds: dict[str, list[float]] = {}
 
@@ -129,7 +132,7 @@ class Dispatcher:
         decisions: list[Decision] = []
         for task_id in sorted(worker.tasks):
             task = self._tasks.pop(task_id)
-            self._backlogs.setdefault(task.context, Backlog()).add(task.items)
+            self._requeue(task)
             decisions.append(CancelTask(task_id))
             decisions.append(RequeueItems(task_id, _ids(task.items), "evicted"))
         return decisions
@@ -153,11 +156,7 @@ class Dispatcher:
             worker.tasks.discard(task_id)
         for item in task.items:
             self._failures.pop(item.id, None)
-        # The same items may have been requeued (a worker declared gone too early): their
-        # outcome now exists, so they must not run again.
-        backlog = self._backlogs.get(task.context)
-        if backlog is not None and len(backlog):
-            backlog.discard(set(_ids(task.items)))
+            self._isolated.discard(item.id)
 
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
         task = self._tasks.pop(event.task, None)
@@ -166,10 +165,10 @@ class Dispatcher:
         worker = self._workers.get(task.worker)
         if worker is not None:
             worker.tasks.discard(task.id)
-        backlog = self._backlogs.setdefault(task.context, Backlog())
         if event.evicted:
-            backlog.add(task.items)
+            self._requeue(task)
             return [RequeueItems(task.id, _ids(task.items), "evicted")]
+        backlog = self._backlogs.setdefault(task.context, Backlog())
         retry: list[ItemRef] = []
         exhausted: list[str] = []
         for item in task.items:
@@ -178,7 +177,9 @@ class Dispatcher:
             if count >= self.config.max_failures:
                 exhausted.append(item.id)
                 del self._failures[item.id]
+                self._isolated.discard(item.id)
             else:
+                self._isolated.add(item.id)
                 retry.append(item)
         decisions: list[Decision] = []
         if retry:
@@ -187,6 +188,12 @@ class Dispatcher:
         if exhausted:
             decisions.append(FailItems(tuple(exhausted), event.error))
         return decisions
+
+    def _requeue(self, task: _Task) -> None:
+        """Put an evicted task's items back: isolated ones stay isolated."""
+        backlog = self._backlogs.setdefault(task.context, Backlog())
+        backlog.add_solo(i for i in task.items if i.id in self._isolated)
+        backlog.add(i for i in task.items if i.id not in self._isolated)
 
     # -- placement -------------------------------------------------------------------
 
@@ -201,15 +208,20 @@ class Dispatcher:
             self._workers.values(),
             key=lambda w: (not any(w.is_live(c) for c in wanted), len(w.tasks), w.joined),
         )
-        for worker in order:
-            for context in wanted:
-                backlog = self._backlogs[context]
-                while (
-                    worker.is_live(context)
-                    and len(backlog)
-                    and (len(worker.tasks) < self.config.max_in_flight)
-                ):
-                    decisions.append(self._start_task(worker, context, backlog, now))
+        for context in wanted:
+            backlog = self._backlogs[context]
+            # One task at a time to the least loaded live worker, so that work spreads over
+            # idle warm workers before it queues behind a busy one.
+            while len(backlog):
+                ready = [
+                    w
+                    for w in order
+                    if w.is_live(context) and len(w.tasks) < self.config.max_in_flight
+                ]
+                if not ready:
+                    break
+                worker = min(ready, key=lambda w: len(w.tasks))
+                decisions.append(self._start_task(worker, context, backlog, now))
         for context in wanted:
             if not len(self._backlogs[context]):
                 continue

@@ -47,7 +47,7 @@ def connect(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=":0" if dashboard else None,
+            dashboard_address=":8787" if dashboard else ":0",
             silence_logs=logging.ERROR,
         )
         client = Client(cluster, timeout=f"{timeout}s")

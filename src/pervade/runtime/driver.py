@@ -315,7 +315,7 @@ class Driver:
         try:
             json.dumps(body)
         except (TypeError, ValueError) as exc:
-            message = f"{self.job.function} returned a value that is not JSON: {exc}"
+            message = f"{self.job.function_name} returned a value that is not JSON: {exc}"
             return item_id, Outcome.ERROR, {"id": item_id, "error": message, "stage": "item"}
         return item_id, Outcome.RESULT, body
 

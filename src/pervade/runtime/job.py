@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ class Job:
     """`function(context_value, items, **options)` over every item, under `context`."""
 
     context: ContextSpec
-    function: str
+    # An import path, or a callable that Dask pickles to the workers (a notebook's function).
+    function: str | Callable[..., Any]
     options: Mapping[str, Any] = field(default_factory=dict)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     name: str = "job"
@@ -28,12 +29,19 @@ class Job:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"job options must be JSON values: {exc}") from None
 
+    @property
+    def function_name(self) -> str:
+        if isinstance(self.function, str):
+            return self.function
+        module = getattr(self.function, "__module__", "?")
+        return f"{module}:{getattr(self.function, '__qualname__', repr(self.function))}"
+
     def fingerprint(self, input_name: str) -> str:
         """Identity of the job for its journal: a rerun must be the same job."""
         canonical = json.dumps(
             {
                 "context": self.context.id,
-                "function": self.function,
+                "function": self.function_name,
                 "options": dict(self.options),
                 "input": input_name,
             },

@@ -22,8 +22,23 @@ def errors_path_for(results: Path) -> Path:
     return results.with_name(f"{stem}.errors.jsonl")
 
 
+class OutputConflict(RuntimeError):
+    """An output file holds lines the journal does not know: rewriting it would lose them."""
+
+
+def check_outputs(results: Path, errors: Path, journal: Journal) -> None:
+    """Refuse to adopt a non-empty output file when the journal has no outcome of that kind."""
+    for kind, path in ((Outcome.RESULT, results), (Outcome.ERROR, errors)):
+        if path.is_file() and path.stat().st_size > 0 and journal.count(kind) == 0:
+            raise OutputConflict(
+                f"{path} already holds lines that the journal {journal.path} does not know; "
+                "pass another output (or the journal that wrote it), or delete the file"
+            )
+
+
 class ResultSink:
     def __init__(self, results: Path, errors: Path, journal: Journal) -> None:
+        check_outputs(results, errors, journal)
         self.results_path = results
         self.errors_path = errors
         self._files: dict[Outcome, IO[str]] = {}

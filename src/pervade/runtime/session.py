@@ -10,8 +10,17 @@ from pervade.journal import Journal
 from pervade.runtime.driver import Driver, DriverConfig, Observer
 from pervade.runtime.inputs import Parser, count_records, read_jsonl
 from pervade.runtime.job import Job
-from pervade.runtime.output import ResultSink
+from pervade.runtime.output import ResultSink, check_outputs
 from pervade.runtime.stats import RunStats
+
+
+def preflight(job: Job, input_path: Path, output: Path, errors: Path, journal_path: Path) -> None:
+    """Everything about the journal and outputs that can fail, checked before any work."""
+    journal = Journal(journal_path, job.fingerprint(str(input_path.resolve())))
+    try:
+        check_outputs(output, errors, journal)
+    finally:
+        journal.close()
 
 
 def run_job(

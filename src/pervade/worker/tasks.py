@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,12 @@ class TaskReport:
 
 
 def run_task(
-    spec: ContextSpec, function: str, options: Mapping[str, Any], items: Sequence[Item]
+    spec: ContextSpec,
+    function: str | Callable[..., Any],
+    options: Mapping[str, Any],
+    items: Sequence[Item],
 ) -> TaskReport:
-    batch_function = resolve_import(function)
+    batch_function = resolve_import(function) if isinstance(function, str) else function
     with context_host().use(spec) as (value, load_seconds):
         started = time.perf_counter()
         returned = batch_function(value, list(items), **dict(options))
@@ -37,8 +40,9 @@ def run_task(
         returned = returned.values
     values = list(returned)
     if len(values) != len(items):
+        name = getattr(batch_function, "__qualname__", function)
         raise ValueError(
-            f"{function} returned {len(values)} values for {len(items)} items; "
+            f"{name} returned {len(values)} values for {len(items)} items; "
             "it must return one value (or ItemError) per item, in order"
         )
     return TaskReport(

@@ -1,0 +1,1 @@
+"""Helper modules for tests, importable as ``tests.helpers`` (see tests/conftest.py)."""

@@ -1,0 +1,86 @@
+"""Configuration problems stop `pervade run` with exit code 2 before any work starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pervade.cli.main import main
+from tests.helpers.jobs import generic_job, write_jsonl
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["run", *args, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_template_naming_an_unknown_field_names_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "prompt.txt"
+    template.write_text("Evidence: {evidence}\nClaim: {claim}\nContext: {context}\nAnswer:")
+    code, text = _run(
+        capsys,
+        "--app",
+        "fact-verification",
+        "--template",
+        str(template),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+    )
+    assert code == 2
+    assert f"{template}:3" in text and "{context}" in text and "not an input field" in text
+    assert not (tmp_path / "out.jsonl").exists(), "nothing may run on a bad configuration"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[job]\nfunction = 'x'\ninputt = 'a.jsonl'\n", "unknown key job.inputt"),
+        ("[jobs]\n", "unknown section [jobs]"),
+        ("[job\n", "not valid TOML"),
+        ("[cluster]\nworkers = 0\n", "cluster.workers must be at least 1"),
+        ("[dispatch]\nmax_in_flight = 0\n", "dispatch.max_in_flight must be a positive integer"),
+        ("[model]\nbatch_size = 'big'\n", "model.batch_size must be int"),
+        ("[job]\nfunction = 'no.such.module:f'\ninput = 'a.jsonl'\n", "cannot import module"),
+        ("[job]\ninput = 'missing.jsonl'\n", "does not exist"),
+        ("[model]\npath = 'no-such-folder'\n", "not a Hugging Face model folder"),
+    ],
+)
+def test_bad_job_files_are_refused_with_the_offending_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, expected: str
+) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(body)
+    code, text = _run(capsys, str(job))
+    assert code == 2
+    assert expected in text
+    assert str(job) in text  # the message names the job file
+
+
+def test_a_journal_of_another_job_is_refused_and_outputs_stay_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = generic_job(tmp_path, 12)
+    assert _run(capsys, str(job))[0] == 0
+    results = tmp_path / "out" / "results.jsonl"
+    before = results.read_bytes()
+    other_input = write_jsonl(tmp_path / "other.jsonl", [{"id": "z", "n": 1}])
+    code, text = _run(capsys, str(job), "--input", str(other_input))
+    assert code == 2 and "belongs to another job" in text
+    assert results.read_bytes() == before
+
+
+def test_an_existing_output_unknown_to_the_journal_is_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = generic_job(tmp_path, 5)
+    results = tmp_path / "out" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"id": "precious"}) + "\n")
+    code, text = _run(capsys, str(job))
+    assert code == 2 and "does not know" in text
+    assert json.loads(results.read_text()) == {"id": "precious"}
