@@ -60,7 +60,7 @@ def test_the_bundled_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
         json.loads(line)["id"]: json.loads(line)["label"]
         for line in BUNDLED_CLAIMS.read_text().splitlines()
     }
-    assert Counter(r["id"] for r in results) == Counter(gold), "every item exactly one result"
+    assert Counter(r["id"] for r in results) == Counter(list(gold)), "each item exactly once"
     for r in results:
         assert r["verdict"] in ("SUPPORTS", "REFUTES", "NOT ENOUGH INFO")
         assert set(r["scores"]) == {"SUPPORTS", "REFUTES", "NOT ENOUGH INFO"}  # type: ignore[arg-type]
