@@ -107,3 +107,22 @@ def test_a_function_defined_in_a_test_travels_by_value(client: Client) -> None:
         )
     }
     assert values == {f"c{n}": n + 1000 for n in range(10)}
+
+
+def test_cli_on_an_existing_scheduler_reuses_contexts_already_warm_there(
+    client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pervade.cli.main import main
+    from tests.helpers.jobs import generic_job, read_ids
+
+    address = client.scheduler.address
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for folder, items in ((first, 20), (second, 30)):
+        job = generic_job(folder, items)
+        assert main(["run", str(job), "--scheduler", address, "--quiet"]) == 0
+        assert len(read_ids(folder / "out" / "results.jsonl")) == items
+    printed = capsys.readouterr().out
+    # The first driver built the context on both workers; the second found it warm there.
+    assert "(2 loads)" in printed and "(0 loads)" in printed

@@ -21,15 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed import Client
-
 from pervade.core.config import DispatchConfig
 from pervade.core.context import ContextSpec
 from pervade.core.items import Item
 from pervade.engines.bundled import cache_dir, resolve_model
 from pervade.journal import Journal, Outcome
 from pervade.runtime.artifacts import artifact
-from pervade.runtime.cluster import connect
+from pervade.runtime.cluster import Client, connect
 from pervade.runtime.driver import Driver, Observer
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job

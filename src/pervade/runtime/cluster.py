@@ -26,6 +26,9 @@ def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]
     }
 
 
+__all__ = ["Client", "connect", "worker_environment"]
+
+
 @contextmanager
 def connect(
     scheduler: str | None = None,

@@ -34,8 +34,17 @@ class _Entry:
 
 
 class ContextHost:
-    def __init__(self, notify: Notify = _ignore) -> None:
+    """Builds, holds and lends the contexts of one worker process.
+
+    Every change of a context's state is passed to `notify`, except the warm/busy toggle
+    around each task when `report_use` is false: the dispatcher knows which tasks it sent,
+    and two messages per task through the scheduler would cost more than the task itself
+    when tasks are short. `states()` still shows busy.
+    """
+
+    def __init__(self, notify: Notify = _ignore, report_use: bool = True) -> None:
         self._notify = notify
+        self._report_use = report_use
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
 
@@ -53,9 +62,12 @@ class ContextHost:
                 entry = self._entries[spec.id] = _Entry(spec)
             return entry
 
-    def _set(self, entry: _Entry, state: ContextState, seconds: float | None = None) -> None:
+    def _set(
+        self, entry: _Entry, state: ContextState, seconds: float | None = None, use: bool = False
+    ) -> None:
         entry.state = state
-        self._notify(entry.spec.id, state, seconds)
+        if self._report_use or not use:
+            self._notify(entry.spec.id, state, seconds)
 
     def load(self, spec: ContextSpec) -> float:
         """Build the context unless it is live; the seconds the build took (0 when live)."""
@@ -69,11 +81,11 @@ class ContextHost:
         entry = self._entry(spec)
         with entry.lock:
             seconds = self._ensure(entry)
-            self._set(entry, ContextState.BUSY)
+            self._set(entry, ContextState.BUSY, use=True)
             try:
                 yield entry.value, seconds
             finally:
-                self._set(entry, ContextState.WARM)
+                self._set(entry, ContextState.WARM, use=True)
 
     def drop(self, context: str) -> None:
         with self._guard:

@@ -41,7 +41,7 @@ class ContextHostPlugin(WorkerPlugin):
 
         host = _HOSTS.get(address)
         if host is None:
-            host = _HOSTS[address] = ContextHost(notify)
+            host = _HOSTS[address] = ContextHost(notify, report_use=False)
         self.host = host
 
 
