@@ -84,3 +84,18 @@ def test_an_existing_output_unknown_to_the_journal_is_not_overwritten(
     code, text = _run(capsys, str(job))
     assert code == 2 and "does not know" in text
     assert json.loads(results.read_text()) == {"id": "precious"}
+
+
+def test_a_context_that_cannot_be_built_anywhere_stops_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = generic_job(tmp_path, 8)
+    text = job.read_text().replace(
+        'loader = "tests.helpers.workloads:process_context"\nargs = { tag = "cli" }',
+        'loader = "tests.helpers.loaders:broken"\nargs = { key = "cli-broken" }',
+    )
+    job.write_text(text)
+    code, printed = _run(capsys, str(job))
+    assert code == 2
+    assert "failed to build on every worker" in printed and "cannot build cli-broken" in printed
+    assert (tmp_path / "out" / "results.jsonl").read_text() == ""
