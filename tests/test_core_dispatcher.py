@@ -278,7 +278,7 @@ def test_task_failed_evicted_never_burns_the_failure_budget() -> None:
     assert d.is_idle
 
 
-def test_raised_task_isolates_items_and_fails_only_the_culprit() -> None:
+def test_a_raising_batch_is_bisected_until_the_culprit_fails_alone() -> None:
     d = Dispatcher(config(max_in_flight=2, max_failures=3))
     join_warm(d, "w1")
     queue = of(RunTask, d.handle(ItemsSubmitted(CTX, (*refs("ok", 3), ItemRef("bad"))), 0.0))
@@ -287,11 +287,11 @@ def test_raised_task_isolates_items_and_fails_only_the_culprit() -> None:
     failed: list[FailItems] = []
     requeued: list[RequeueItems] = []
     raised_with_bad = 0
-    solo_after_first = []
+    sizes_after_first = []
     while queue:
         task = queue.pop(0)
         if raised_with_bad:
-            solo_after_first.append(len(task.items))
+            sizes_after_first.append(len(task.items))
         if "bad" in task.items:
             raised_with_bad += 1
             out = d.handle(TaskFailed(task.task, "ValueError: bad input"), 1.0)
@@ -303,17 +303,18 @@ def test_raised_task_isolates_items_and_fails_only_the_culprit() -> None:
         queue += of(RunTask, out)
     assert d.is_idle
     assert failed == [FailItems(("bad",), "ValueError: bad input")]
-    assert raised_with_bad == 3  # max_failures
+    # 4 items -> halves of 2 -> "bad" alone; only its solo raises count: max_failures of them.
+    assert raised_with_bad == 2 + 3
     assert finished == Counter({"ok0": 1, "ok1": 1, "ok2": 1})
-    assert set(solo_after_first) == {1}  # every retry after the raise is a solo task
+    assert set(sizes_after_first) == {1, 2}  # retries run in halves, then alone
     assert sorted(requeued[0].items) == ["bad", "ok0", "ok1", "ok2"]
     assert all(r.reason == "task raised: ValueError: bad input" for r in requeued)
 
 
-def test_max_failures_one_fails_at_the_first_raise() -> None:
+def test_max_failures_one_fails_at_the_first_raise_of_a_lone_item() -> None:
     d = Dispatcher(config(max_failures=1))
     join_warm(d, "w1")
-    [task] = of(RunTask, d.handle(ItemsSubmitted(CTX, refs("i", 2)), 0.0))
+    [task] = of(RunTask, d.handle(ItemsSubmitted(CTX, refs("i", 1)), 0.0))
     out = d.handle(TaskFailed(task.task, "boom"), 1.0)
     assert of(FailItems, out) == [FailItems(task.items, "boom")]
     assert of(RequeueItems, out) == []

@@ -341,3 +341,38 @@ def test_pick_dtype_auto_elsewhere_and_pick_device() -> None:
     assert pick_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
+
+
+class _RaiseWhenBig:
+    """Stands in for the model's forward: out of memory above `limit` rows per batch."""
+
+    def __init__(self, forward: Any, limit: int) -> None:
+        self.forward, self.limit, self.rows_seen = forward, limit, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rows = kwargs["input_ids"].shape[0]
+        self.rows_seen.append(rows)
+        if rows > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.forward(*args, **kwargs)
+
+
+def test_an_out_of_memory_batch_is_split_and_gives_the_same_answers(model_dir: Path) -> None:
+    plain = HFEngine.load(model_dir, device="cpu", dtype="float32", batch_size=8)
+    expected = plain.choose(PROMPTS, CHOICES)
+    tight = HFEngine.load(model_dir, device="cpu", dtype="float32", batch_size=8)
+    guard = _RaiseWhenBig(tight.model.forward, limit=2)
+    tight.model.forward = guard
+    got = tight.choose(PROMPTS, CHOICES)
+    assert [g.best for g in got] == [e.best for e in expected]  # type: ignore[union-attr]
+    for g, e in zip(got, expected, strict=True):
+        assert g.scores == pytest.approx(e.scores, abs=1e-4)  # type: ignore[union-attr]
+    assert guard.rows_seen == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert tight.oom_splits >= 1
+
+
+def test_a_row_that_runs_out_of_memory_alone_fails_alone(model_dir: Path) -> None:
+    engine = HFEngine.load(model_dir, device="cpu", dtype="float32", batch_size=8)
+    engine.model.forward = _RaiseWhenBig(engine.model.forward, limit=0)
+    out = engine.choose(PROMPTS[:2], CHOICES)
+    assert all(isinstance(o, ItemError) and "out of memory" in o.message for o in out)

@@ -17,18 +17,19 @@ class Backlog:
     """Pending items of one context.
 
     Items are kept sorted by cost so that a task takes neighbours of similar size (little
-    padding in its batches) and the longest go first (a short tail). Items from a task that
-    raised are run one per task so that one bad item cannot sink its neighbours again.
+    padding in its batches) and the longest go first (a short tail). Groups are sets of items
+    that must run together and alone: the halves of a task that raised, split again until the
+    item that raises is found. They go before the sorted items.
     """
 
-    __slots__ = ("_solo", "_sorted")
+    __slots__ = ("_groups", "_sorted")
 
     def __init__(self) -> None:
         self._sorted: list[ItemRef] = []
-        self._solo: deque[ItemRef] = deque()
+        self._groups: deque[tuple[ItemRef, ...]] = deque()
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._solo)
+        return len(self._sorted) + sum(len(g) for g in self._groups)
 
     def add(self, items: Iterable[ItemRef]) -> None:
         items = list(items)
@@ -39,19 +40,15 @@ class Backlog:
             for item in items:
                 bisect.insort(self._sorted, item, key=_cost)
 
-    def add_solo(self, items: Iterable[ItemRef]) -> None:
-        self._solo.extend(items)
+    def add_group(self, items: tuple[ItemRef, ...]) -> None:
+        if items:
+            self._groups.append(items)
 
     def take(self, count: int) -> tuple[tuple[ItemRef, ...], bool]:
-        """Up to `count` items for one task, and whether they are a solo (isolation) task."""
-        if self._solo:
-            return (self._solo.popleft(),), True
+        """Items for one task, and whether they are a group (an isolation task)."""
+        if self._groups:
+            return self._groups.popleft(), True
         count = min(count, len(self._sorted))
         taken = tuple(self._sorted[-count:])
         del self._sorted[-count:]
         return taken, False
-
-    def discard(self, ids: set[str]) -> None:
-        """Drop items that got an outcome elsewhere (a late result of a requeued task)."""
-        self._sorted = [i for i in self._sorted if i.id not in ids]
-        self._solo = deque(i for i in self._solo if i.id not in ids)

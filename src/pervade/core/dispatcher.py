@@ -57,6 +57,7 @@ class _Task:
     context: str
     items: tuple[ItemRef, ...]
     started: float
+    group: bool  # an isolation task: its items run together and alone
 
 
 class Dispatcher:
@@ -66,9 +67,6 @@ class Dispatcher:
         self._tasks: dict[str, _Task] = {}
         self._backlogs: dict[str, Backlog] = {}
         self._failures: dict[str, int] = {}
-        # Items that were in a task that raised: they run one per task until they finish,
-        # even across evictions, so a bad item can never again share a failure.
-        self._isolated: set[str] = set()
         self._task_seq = 0
         self.load_seconds: dict[str, list[float]] = {}
 
@@ -156,7 +154,6 @@ class Dispatcher:
             worker.tasks.discard(task_id)
         for item in task.items:
             self._failures.pop(item.id, None)
-            self._isolated.discard(item.id)
 
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
         task = self._tasks.pop(event.task, None)
@@ -169,31 +166,31 @@ class Dispatcher:
             self._requeue(task)
             return [RequeueItems(task.id, _ids(task.items), "evicted")]
         backlog = self._backlogs.setdefault(task.context, Backlog())
-        retry: list[ItemRef] = []
-        exhausted: list[str] = []
-        for item in task.items:
-            count = self._failures.get(item.id, 0) + 1
-            self._failures[item.id] = count
-            if count >= self.config.max_failures:
-                exhausted.append(item.id)
-                del self._failures[item.id]
-                self._isolated.discard(item.id)
-            else:
-                self._isolated.add(item.id)
-                retry.append(item)
-        decisions: list[Decision] = []
-        if retry:
-            backlog.add_solo(retry)
-            decisions.append(RequeueItems(task.id, _ids(retry), f"task raised: {event.error}"))
-        if exhausted:
-            decisions.append(FailItems(tuple(exhausted), event.error))
-        return decisions
+        reason = f"task raised: {event.error}"
+        if len(task.items) > 1:
+            # Someone in the batch raised, or the batch as a whole did (out of memory, say):
+            # run the halves apart, and again, until the item that raises runs alone. Only an
+            # item that fails alone is charged, so innocent neighbours never lose budget.
+            half = len(task.items) // 2
+            backlog.add_group(task.items[:half])
+            backlog.add_group(task.items[half:])
+            return [RequeueItems(task.id, _ids(task.items), reason)]
+        (item,) = task.items
+        count = self._failures.get(item.id, 0) + 1
+        if count >= self.config.max_failures:
+            self._failures.pop(item.id, None)
+            return [FailItems((item.id,), event.error)]
+        self._failures[item.id] = count
+        backlog.add_group(task.items)
+        return [RequeueItems(task.id, (item.id,), reason)]
 
     def _requeue(self, task: _Task) -> None:
-        """Put an evicted task's items back: isolated ones stay isolated."""
+        """Put an evicted task's items back; a group stays a group."""
         backlog = self._backlogs.setdefault(task.context, Backlog())
-        backlog.add_solo(i for i in task.items if i.id in self._isolated)
-        backlog.add(i for i in task.items if i.id not in self._isolated)
+        if task.group:
+            backlog.add_group(task.items)
+        else:
+            backlog.add(task.items)
 
     # -- placement -------------------------------------------------------------------
 
@@ -250,9 +247,9 @@ class Dispatcher:
         return max(self.config.min_task_items, min(self.config.max_task_items, size))
 
     def _start_task(self, worker: _Worker, context: str, backlog: Backlog, now: float) -> RunTask:
-        items, _solo = backlog.take(self._task_size())
+        items, group = backlog.take(self._task_size())
         self._task_seq += 1
-        task = _Task(f"t{self._task_seq}", worker.name, context, items, now)
+        task = _Task(f"t{self._task_seq}", worker.name, context, items, now, group)
         self._tasks[task.id] = task
         worker.tasks.add(task.id)
         return RunTask(task.id, worker.name, context, _ids(items))

@@ -9,15 +9,17 @@ answer). Compute is prompt + answers, not prompt × answers.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from pervade.core.items import ItemError
 from pervade.engines.device import pick_device, pick_dtype
 from pervade.engines.protocol import Choice, Generation
+
+_R = TypeVar("_R")
 
 
 def load_engine(
@@ -66,6 +68,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.load_seconds = 0.0
+        self.oom_splits = 0  # batches halved because the device ran out of memory
         self._pad_id = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -125,12 +128,18 @@ class HFEngine:
             _too_long(len(ids) + answer_tokens, self.max_length) for ids in prompt_ids
         ]
         fits = [i for i, r in enumerate(results) if r is None]
-        for batch in self._batches(fits, [len(prompt_ids[i]) + answer_tokens for i in fits]):
-            scores = self._score_batch([prompt_ids[i] for i in batch], choice_ids)
-            for i, row in zip(batch, scores, strict=True):
+
+        def score(batch: list[int]) -> list[Choice]:
+            rows = self._score_batch([prompt_ids[i] for i in batch], choice_ids)
+            picked = []
+            for i, row in zip(batch, rows, strict=True):
                 named = {c: s for c, s in zip(choices, row, strict=True)}
-                best = max(named, key=named.__getitem__)
-                results[i] = Choice(best, named, len(prompt_ids[i]))
+                picked.append(Choice(max(named, key=named.__getitem__), named, len(prompt_ids[i])))
+            return picked
+
+        for batch in self._batches(fits, [len(prompt_ids[i]) + answer_tokens for i in fits]):
+            for i, outcome in zip(batch, self._split_on_oom(batch, score), strict=True):
+                results[i] = outcome
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -209,14 +218,21 @@ class HFEngine:
         ]
         fits = [i for i, r in enumerate(results) if r is None]
         lengths = [len(prompt_ids[i]) + max_new_tokens for i in fits]
-        for batch in self._batches(fits, lengths):
+
+        def make(batch: list[int]) -> list[Generation]:
             if seed is not None:
                 torch.manual_seed(seed)
             texts, counts = self._generate_batch(
                 [prompt_ids[i] for i in batch], max_new_tokens, temperature, top_p
             )
-            for i, text, count in zip(batch, texts, counts, strict=True):
-                results[i] = Generation(text, len(prompt_ids[i]), count)
+            return [
+                Generation(text, len(prompt_ids[i]), count)
+                for i, text, count in zip(batch, texts, counts, strict=True)
+            ]
+
+        for batch in self._batches(fits, lengths):
+            for i, outcome in zip(batch, self._split_on_oom(batch, make), strict=True):
+                results[i] = outcome
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -256,6 +272,27 @@ class HFEngine:
 
     # -- batching --------------------------------------------------------------------
 
+    def _split_on_oom(
+        self, batch: list[int], run: Callable[[list[int]], Sequence[_R]]
+    ) -> list[_R | ItemError]:
+        """Run a batch; if the device runs out of memory, run its halves, down to one row.
+
+        A row that does not fit even alone becomes an error of that item; the others of the
+        task go on, and the device is not left holding the failed batch's memory.
+        """
+        try:
+            return list(run(batch))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.oom_splits += 1
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                return [ItemError(f"out of memory even alone: {exc}", field="prompt")]
+        half = len(batch) // 2
+        return self._split_on_oom(batch[:half], run) + self._split_on_oom(batch[half:], run)
+
     def _batches(self, indices: list[int], lengths: list[int]) -> Iterator[list[int]]:
         """Length-sorted batches of at most batch_size rows and max_batch_tokens padded tokens."""
         order = sorted(range(len(indices)), key=lambda k: lengths[k])
@@ -272,6 +309,15 @@ class HFEngine:
             longest = grown
         if batch:
             yield batch
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def _too_long(tokens: int, limit: int) -> ItemError | None:

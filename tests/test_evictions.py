@@ -1,0 +1,99 @@
+"""Workers killed or frozen mid-run: the run costs time, never results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import dask
+import pytest
+from distributed import Client, LocalCluster
+
+import pervade
+from pervade import DispatchConfig
+from pervade.runtime.stats import RunStats
+from tests.helpers import workloads
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+ITEMS = 160
+SMALL_TASKS = DispatchConfig(min_task_items=4, max_task_items=4)
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    # A frozen worker must be declared gone quickly in tests; pervade's default is 30 s.
+    with (
+        dask.config.set({"distributed.scheduler.worker-ttl": "4s"}),
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        c.wait_for_workers(2)
+        yield c
+
+
+def _worker_pids(client: Client) -> dict[str, int]:
+    return client.run(os.getpid)  # type: ignore[no-any-return]
+
+
+def _run_with(client: Client, strike: object) -> tuple[dict[str, pervade.Result], RunStats]:
+    """Run ITEMS slow items; call `strike()` once a quarter of them are done."""
+    context = pervade.context(workloads.process_context, args={"tag": "evict"})
+    items = [(f"e{n:03d}", {"n": n}) for n in range(ITEMS)]
+    results: dict[str, pervade.Result] = {}
+    seen: Counter[str] = Counter()
+    stats_box: list[RunStats] = []
+    struck = False
+    for result in pervade.map(
+        workloads.describe,
+        items,
+        context=context,
+        options={"delay": 0.01},
+        client=client,
+        dispatch=SMALL_TASKS,
+        observer=stats_box.append,
+    ):
+        seen[result.id] += 1
+        results[result.id] = result
+        if not struck and len(results) >= ITEMS // 4:
+            struck = True
+            strike()  # type: ignore[operator]
+    assert struck, "the run ended before the eviction"
+    assert set(seen.values()) == {1}, "an item was accepted twice"
+    assert set(results) == {i for i, _ in items}
+    assert all(r.ok for r in results.values()), "an eviction must never become an item error"
+    return results, stats_box[-1]
+
+
+def test_a_worker_killed_mid_task_costs_time_not_results(client: Client) -> None:
+    victim_pid = sorted(_worker_pids(client).values())[0]
+
+    def kill() -> None:
+        os.kill(victim_pid, signal.SIGKILL)
+
+    results, stats = _run_with(client, kill)
+    pids = {r.value["pid"] for r in results.values()}
+    assert victim_pid in pids, "the killed worker had done some items before it died"
+    assert stats.requeued > 0, "its unfinished items ran again elsewhere"
+
+
+def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Client) -> None:
+    victim_pid = sorted(_worker_pids(client).values())[0]
+    frozen: list[int] = []
+
+    def freeze() -> None:
+        os.kill(victim_pid, signal.SIGSTOP)
+        frozen.append(victim_pid)
+
+    started = time.monotonic()
+    try:
+        _, stats = _run_with(client, freeze)
+    finally:
+        for pid in frozen:  # the nanny may have killed it already once it was declared gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert stats.requeued > 0
+    assert time.monotonic() - started < 120
