@@ -26,7 +26,9 @@ def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]
     }
 
 
-__all__ = ["Client", "connect", "worker_environment"]
+__all__ = ["WORKER_TTL", "Client", "connect", "worker_environment"]
+
+WORKER_TTL = "25s"
 
 
 @contextmanager
@@ -45,7 +47,13 @@ def connect(
         return
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(workers)}):
+    settings = {
+        "distributed.nanny.pre-spawn-environ": worker_environment(workers),
+        # A worker that stops answering (frozen, or its node gone without a word) is declared
+        # gone after this long without a heartbeat; Dask's default is five minutes.
+        "distributed.scheduler.worker-ttl": WORKER_TTL,
+    }
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
