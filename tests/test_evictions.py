@@ -8,6 +8,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import dask
 import pytest
@@ -97,3 +98,33 @@ def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Cl
                 os.kill(pid, signal.SIGCONT)
     assert stats.requeued > 0
     assert time.monotonic() - started < 120
+
+
+def test_sigterm_drains_the_worker_and_recomputes_no_finished_item(
+    client: Client, tmp_path: Path
+) -> None:
+    victim_pid = sorted(_worker_pids(client).values())[0]
+    context = pervade.context(workloads.process_context, args={"tag": "drain"})
+    items = [(f"d{n:03d}", {"n": n}) for n in range(ITEMS)]
+    stats_box: list[RunStats] = []
+    results: dict[str, pervade.Result] = {}
+    for result in pervade.map(
+        workloads.logged,
+        items,
+        context=context,
+        options={"log_dir": str(tmp_path), "delay": 0.02},
+        client=client,
+        dispatch=DispatchConfig(min_task_items=16, max_task_items=16),
+        observer=stats_box.append,
+    ):
+        results[result.id] = result
+        if len(results) == ITEMS // 4:
+            os.kill(victim_pid, signal.SIGTERM)
+    assert set(results) == {i for i, _ in items} and all(r.ok for r in results.values())
+    computed = Counter(line for log in tmp_path.glob("*.log") for line in log.read_text().split())
+    assert set(computed) == set(results)
+    assert max(computed.values()) == 1, "a graceful eviction recomputed a finished item"
+    stats = stats_box[-1]
+    assert stats.graceful_evictions == 1 and stats.hard_evictions == 0
+    assert stats.requeued_evicted == 0
+    assert victim_pid in {r.value["pid"] for r in results.values()}

@@ -36,3 +36,19 @@ def poisoned(context: dict[str, Any], items: Sequence[Item]) -> list[Any]:
     if any(item.data.get("poison") for item in items):
         raise ValueError("poisoned item in batch")
     return [{"n": item.data["n"]} for item in items]
+
+
+def logged(
+    context: dict[str, Any], items: Sequence[Item], log_dir: str, delay: float = 0.0
+) -> list[Any]:
+    """Like `describe`, and appends each item it completes to a file of its process, so a
+    test can count how often each item was computed, whichever result was accepted."""
+    out: list[Any] = []
+    with open(os.path.join(log_dir, f"{os.getpid()}.log"), "a") as log:
+        for item in items:
+            if delay:
+                time.sleep(delay)
+            out.append({"pid": context["pid"], "n": item.data["n"]})
+            log.write(item.id + "\n")
+            log.flush()
+    return out

@@ -22,6 +22,7 @@ from pervade.core.events import (
     ItemsSubmitted,
     TaskFailed,
     TaskFinished,
+    WorkerDraining,
     WorkerJoined,
     WorkerLeft,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "TaskFailed",
     "TaskFinished",
     "TaskOutputs",
+    "WorkerDraining",
     "WorkerJoined",
     "WorkerLeft",
 ]

@@ -26,11 +26,22 @@ from pervade.core.events import (
     ItemsSubmitted,
     TaskFailed,
     TaskFinished,
+    WorkerDraining,
     WorkerJoined,
     WorkerLeft,
 )
 from pervade.core.items import ItemRef
 from pervade.core.states import ContextState
+
+
+@dataclass(slots=True)
+class DispatchStats:
+    """What churn cost so far, as the dispatcher saw it."""
+
+    hard_evictions: int = 0  # workers gone without notice (killed, frozen, node lost)
+    graceful_evictions: int = 0  # workers that drained before leaving
+    requeued_evicted: int = 0  # item attempts lost with a worker that left without notice
+    requeued_graceful: int = 0  # items a draining worker handed back unstarted
 
 
 @dataclass(slots=True)
@@ -40,6 +51,7 @@ class _Worker:
     contexts: dict[str, ContextState] = field(default_factory=dict)
     load_failures: dict[str, int] = field(default_factory=dict)
     tasks: set[str] = field(default_factory=set)
+    draining: bool = False
 
     def is_live(self, context: str) -> bool:
         state = self.contexts.get(context)
@@ -68,6 +80,7 @@ class Dispatcher:
         self._backlogs: dict[str, Backlog] = {}
         self._failures: dict[str, int] = {}
         self._task_seq = 0
+        self.stats = DispatchStats()
         self.load_seconds: dict[str, list[float]] = {}
 
     # -- read-only views -------------------------------------------------------------
@@ -112,10 +125,14 @@ class Dispatcher:
                     )
             case WorkerLeft(worker=worker):
                 decisions += self._worker_left(worker)
+            case WorkerDraining(worker=worker):
+                found = self._workers.get(worker)
+                if found is not None:
+                    found.draining = True
             case ContextStateChanged():
                 self._context_changed(event)
-            case TaskFinished(task=task):
-                self._task_finished(task)
+            case TaskFinished(task=task, unfinished=unfinished):
+                decisions += self._task_finished(task, unfinished)
             case TaskFailed():
                 decisions += self._task_failed(event)
         decisions += self._fill(now)
@@ -128,9 +145,14 @@ class Dispatcher:
         if worker is None:
             return []
         decisions: list[Decision] = []
+        if worker.draining:
+            self.stats.graceful_evictions += 1
+        else:
+            self.stats.hard_evictions += 1
         for task_id in sorted(worker.tasks):
             task = self._tasks.pop(task_id)
-            self._requeue(task)
+            self._requeue(task.context, task.items, task.group)
+            self.stats.requeued_evicted += len(task.items)
             decisions.append(CancelTask(task_id))
             decisions.append(RequeueItems(task_id, _ids(task.items), "evicted"))
         return decisions
@@ -145,15 +167,23 @@ class Dispatcher:
         if event.load_seconds is not None and event.state.is_live:
             self.load_seconds.setdefault(event.context, []).append(event.load_seconds)
 
-    def _task_finished(self, task_id: str) -> None:
+    def _task_finished(self, task_id: str, unfinished: tuple[str, ...]) -> list[Decision]:
         task = self._tasks.pop(task_id, None)
         if task is None:
-            return  # a late duplicate of a task already given up on
+            return []  # a late duplicate of a task already given up on
         worker = self._workers.get(task.worker)
         if worker is not None:
             worker.tasks.discard(task_id)
+        handed_back = set(unfinished)
         for item in task.items:
-            self._failures.pop(item.id, None)
+            if item.id not in handed_back:
+                self._failures.pop(item.id, None)
+        if not handed_back:
+            return []
+        back = tuple(item for item in task.items if item.id in handed_back)
+        self._requeue(task.context, back, task.group)
+        self.stats.requeued_graceful += len(back)
+        return [RequeueItems(task_id, _ids(back), "drained")]
 
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
         task = self._tasks.pop(event.task, None)
@@ -163,7 +193,8 @@ class Dispatcher:
         if worker is not None:
             worker.tasks.discard(task.id)
         if event.evicted:
-            self._requeue(task)
+            self._requeue(task.context, task.items, task.group)
+            self.stats.requeued_evicted += len(task.items)
             return [RequeueItems(task.id, _ids(task.items), "evicted")]
         backlog = self._backlogs.setdefault(task.context, Backlog())
         reason = f"task raised: {event.error}"
@@ -184,13 +215,13 @@ class Dispatcher:
         backlog.add_group(task.items)
         return [RequeueItems(task.id, (item.id,), reason)]
 
-    def _requeue(self, task: _Task) -> None:
-        """Put an evicted task's items back; a group stays a group."""
-        backlog = self._backlogs.setdefault(task.context, Backlog())
-        if task.group:
-            backlog.add_group(task.items)
+    def _requeue(self, context: str, items: tuple[ItemRef, ...], group: bool) -> None:
+        """Put items of a task that did not finish back; a group stays a group."""
+        backlog = self._backlogs.setdefault(context, Backlog())
+        if group:
+            backlog.add_group(items)
         else:
-            backlog.add(task.items)
+            backlog.add(items)
 
     # -- placement -------------------------------------------------------------------
 
@@ -213,7 +244,9 @@ class Dispatcher:
                 ready = [
                     w
                     for w in order
-                    if w.is_live(context) and len(w.tasks) < self.config.max_in_flight
+                    if w.is_live(context)
+                    and not w.draining
+                    and len(w.tasks) < self.config.max_in_flight
                 ]
                 if not ready:
                     break
@@ -223,7 +256,7 @@ class Dispatcher:
             if not len(self._backlogs[context]):
                 continue
             for worker in order:
-                if worker.tasks or worker.is_building or worker.is_live(context):
+                if worker.tasks or worker.draining or worker.is_building or worker.is_live(context):
                     continue
                 if worker.load_failures.get(context, 0) >= self.config.max_load_failures:
                     continue

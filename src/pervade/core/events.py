@@ -26,6 +26,14 @@ class WorkerLeft:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerDraining:
+    """The worker was told it will be evicted (SIGTERM with a grace period): it takes no new
+    work, cuts its running task short and leaves. Its departure is a graceful eviction."""
+
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
 class ContextStateChanged:
     worker: str
     context: str
@@ -35,9 +43,11 @@ class ContextStateChanged:
 
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
-    """Every item of the task has an outcome (a result or a per-item error)."""
+    """The task reported. Every item has an outcome (a result or a per-item error) except
+    `unfinished` ones, which a draining worker handed back without running."""
 
     task: str
+    unfinished: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,4 +63,12 @@ class TaskFailed:
     evicted: bool = False
 
 
-Event = ItemsSubmitted | WorkerJoined | WorkerLeft | ContextStateChanged | TaskFinished | TaskFailed
+Event = (
+    ItemsSubmitted
+    | WorkerJoined
+    | WorkerLeft
+    | WorkerDraining
+    | ContextStateChanged
+    | TaskFinished
+    | TaskFailed
+)

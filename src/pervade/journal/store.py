@@ -148,9 +148,11 @@ class Journal:
         """Record outcomes; return those that were new. Duplicates are dropped silently."""
         now = time.time()
         accepted: list[Accepted] = []
+        reported: list[str] = []
         with self._db:
             self._db.execute("BEGIN")
             for item_id, kind, body in outcomes:
+                reported.append(item_id)
                 cursor = self._db.execute(
                     "INSERT INTO outcomes (item_id, kind, body, task, accepted) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (item_id) DO NOTHING",
@@ -159,10 +161,10 @@ class Journal:
                 if cursor.rowcount == 1:
                     accepted.append(Accepted(item_id, kind, body))
             if task is not None:
-                self._db.execute(
+                self._db.executemany(
                     "UPDATE attempts SET ended = ?, outcome = 'done' "
-                    "WHERE task = ? AND ended IS NULL",
-                    (now, task),
+                    "WHERE task = ? AND item_id = ? AND ended IS NULL",
+                    ((now, task, item_id) for item_id in reported),
                 )
         return accepted
 

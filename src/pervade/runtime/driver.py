@@ -38,6 +38,7 @@ from pervade.core import (
     RunTask,
     TaskFailed,
     TaskFinished,
+    WorkerDraining,
     WorkerJoined,
     WorkerLeft,
 )
@@ -46,6 +47,7 @@ from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
 from pervade.runtime.output import ResultSink
 from pervade.runtime.stats import RunStats
+from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
 from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
 from pervade.worker.tasks import TaskReport, live_contexts, load_context, run_task
 
@@ -60,6 +62,7 @@ class RunAborted(RuntimeError):
 class DriverConfig:
     membership_poll: float = 0.5  # seconds between looks at the scheduler's worker list
     window: int = 20_000  # items read ahead of the dispatcher
+    grace_seconds: float = 60.0  # a worker's time from SIGTERM to its kill
     observe_every: float = 0.25
 
 
@@ -99,7 +102,9 @@ class Driver:
         """Run to the end, yielding each batch of newly accepted outcomes."""
         self._started = time.monotonic()
         self.client.register_plugin(ContextHostPlugin())
+        self.client.register_plugin(EvictionPlugin(self.config.grace_seconds))
         self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
+        self.client.subscribe_topic(DRAIN_TOPIC, partial(self._put, "drain"))
         finished = self.journal.finished_ids()
         self.stats.resumed = len(finished)
         exhausted = False
@@ -128,6 +133,7 @@ class Driver:
                     next_observe = now + self.config.observe_every
         finally:
             self.client.unsubscribe_topic(STATE_TOPIC)
+            self.client.unsubscribe_topic(DRAIN_TOPIC)
             for future in self._futures.values():
                 future.cancel()
             self._futures.clear()
@@ -141,6 +147,11 @@ class Driver:
 
     def _observe(self) -> None:
         self.stats.workers = len(self._workers)
+        churn = self.core.stats
+        self.stats.hard_evictions = churn.hard_evictions
+        self.stats.graceful_evictions = churn.graceful_evictions
+        self.stats.requeued_evicted = churn.requeued_evicted
+        self.stats.requeued_graceful = churn.requeued_graceful
         self.stats.live_contexts = sum(1 for s in self._states.values() if s.is_live)
         self.stats.sample(self._now())
         if self.observer is not None:
@@ -205,6 +216,9 @@ class Driver:
             if state is not ContextState.FAILED:
                 seconds = message.get("load_seconds")
                 self._handle(ContextStateChanged(worker, context, state, seconds))
+        elif kind == "drain":
+            _timestamp, message = payload
+            self._handle(WorkerDraining(message["worker"]))
         elif kind == "task":
             self._task_done(*payload)
         elif kind == "load":
@@ -246,7 +260,7 @@ class Driver:
             self._accept(
                 [self._outcome(item_id, value) for item_id, value in report.outcomes], task
             )
-            self._handle(TaskFinished(task))
+            self._handle(TaskFinished(task, report.unfinished))
             return
         if future.status == "cancelled":
             return

@@ -20,6 +20,10 @@ class RunStats:
     infer_seconds: float = 0.0  # summed over workers
     tasks: int = 0
     requeued: int = 0
+    hard_evictions: int = 0
+    graceful_evictions: int = 0
+    requeued_evicted: int = 0  # item attempts lost with workers that left without notice
+    requeued_graceful: int = 0  # items handed back unstarted by draining workers
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
 

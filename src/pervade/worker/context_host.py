@@ -47,6 +47,9 @@ class ContextHost:
         self._report_use = report_use
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
+        # Set when this worker has been told it will be evicted: tasks hand back what they
+        # have not started instead of running it.
+        self.draining = threading.Event()
 
     def states(self) -> dict[str, ContextState]:
         with self._guard:

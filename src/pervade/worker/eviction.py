@@ -1,0 +1,69 @@
+"""Graceful eviction: on SIGTERM a worker stops taking work, cuts its running task short at
+the next slice, lets the driver collect what it finished, and leaves within its grace period.
+
+HTCondor, Slurm (with --signal) and spot machines send SIGTERM ahead of the kill; the grace
+period is the time between the two that the batch system promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from pervade.worker.plugin import context_host
+
+DRAIN_TOPIC = "pervade-drain"
+PLUGIN_NAME = "pervade-eviction"
+_ACTIVE = ("executing", "ready", "waiting", "constrained", "long-running")
+
+logger = logging.getLogger(__name__)
+
+
+class EvictionPlugin(WorkerPlugin):
+    name = PLUGIN_NAME
+
+    def __init__(self, grace_seconds: float = 60.0) -> None:
+        if grace_seconds <= 0:
+            raise ValueError(f"grace_seconds must be positive, got {grace_seconds}")
+        self.grace_seconds = grace_seconds
+        self._worker: Any = None
+        self._drain_task: asyncio.Future[None] | None = None
+
+    def setup(self, worker: Any) -> None:
+        self._worker = worker
+        try:
+            # The worker's event loop runs in its process's main thread, the only one that
+            # may take signals.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.start_drain)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            logger.warning("pervade: no graceful eviction on %s: %s", worker.address, exc)
+
+    def teardown(self, worker: Any) -> None:
+        with contextlib.suppress(RuntimeError, NotImplementedError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+    def start_drain(self) -> None:
+        if self._drain_task is not None or self._worker is None:
+            return
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    def _busy(self) -> bool:
+        return any(ts.state in _ACTIVE for ts in self._worker.state.tasks.values())
+
+    async def _drain(self) -> None:
+        worker = self._worker
+        loop = asyncio.get_running_loop()
+        context_host(worker).draining.set()
+        worker.log_event(DRAIN_TOPIC, {"worker": worker.address, "grace": self.grace_seconds})
+        # Leave a fifth of the grace period for handing results over and closing.
+        deadline = loop.time() + 0.8 * self.grace_seconds
+        while self._busy() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        # Dask's graceful close hands the results this worker still holds to another
+        # worker before it goes, so the driver can still collect them.
+        await worker.close_gracefully(reason="pervade: evicted (SIGTERM)")
