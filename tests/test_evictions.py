@@ -128,3 +128,31 @@ def test_sigterm_drains_the_worker_and_recomputes_no_finished_item(
     assert stats.graceful_evictions == 1 and stats.hard_evictions == 0
     assert stats.requeued_evicted == 0
     assert victim_pid in {r.value["pid"] for r in results.values()}
+
+
+def test_a_worker_joining_mid_run_gets_work_within_seconds() -> None:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(1)
+        first_pid = next(iter(_worker_pids(client).values()))
+        context = pervade.context(workloads.process_context, args={"tag": "join"})
+        items = [(f"j{n:03d}", {"n": n}) for n in range(ITEMS)]
+        seen_at: dict[int, float] = {}
+        scaled_at = 0.0
+        for result in pervade.map(
+            workloads.describe,
+            items,
+            context=context,
+            options={"delay": 0.03},
+            client=client,
+            dispatch=SMALL_TASKS,
+        ):
+            seen_at.setdefault(result.value["pid"], time.monotonic())
+            if not scaled_at:
+                cluster.scale(2)
+                scaled_at = time.monotonic()
+        joined = [pid for pid in seen_at if pid != first_pid]
+        assert joined, "the worker that joined mid-run never got work"
+        assert seen_at[joined[0]] - scaled_at < 20
