@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pervade.core.churn import ChurnRate
 from pervade.core.config import ConfigError, DispatchConfig
 from pervade.runtime.inputs import Parser, RecordError
 
@@ -17,7 +18,7 @@ _KNOWN: dict[str, set[str]] = {
     "app": {"template", "labels"},
     "context": {"loader", "args", "artifacts", "label"},
     "options": set(),  # free-form: passed to the batch function
-    "cluster": {"workers", "scheduler", "dashboard"},
+    "cluster": {"workers", "scheduler", "dashboard", "churn", "grace"},
     "dispatch": {f.name for f in fields(DispatchConfig)},
 }
 PACKAGE_PREFIX = "pervade:"
@@ -100,6 +101,8 @@ class ClusterPlan:
     workers: int
     scheduler: str | None
     dashboard: bool
+    churn: ChurnRate | None = None
+    grace_seconds: float = 60.0
 
 
 ParserFactory = Callable[[], Parser]

@@ -23,7 +23,7 @@ from pervade.journal import Journal, JournalMismatch, Outcome
 from pervade.reports.progress import ProgressView
 from pervade.reports.summary import print_summary, summary_rows
 from pervade.runtime.cluster import connect
-from pervade.runtime.driver import RunAborted
+from pervade.runtime.driver import DriverConfig, RunAborted
 from pervade.runtime.output import OutputConflict
 from pervade.runtime.session import preflight, run_job
 
@@ -43,6 +43,8 @@ _OVERRIDES = {
     "template": ("app", "template"),
     "workers": ("cluster", "workers"),
     "scheduler": ("cluster", "scheduler"),
+    "churn": ("cluster", "churn"),
+    "grace": ("cluster", "grace"),
 }
 
 
@@ -63,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--template", help="prompt template file")
     run.add_argument("--workers", type=int, help="worker processes of the local cluster")
     run.add_argument("--scheduler", help="address of an existing Dask scheduler to use instead")
+    run.add_argument(
+        "--churn",
+        help="evict and replace local workers while running: "
+        "rate:mtbe=SECONDS[,graceful=SHARE][,rejoin=SECONDS][,seed=N]",
+    )
+    run.add_argument(
+        "--grace", type=float, help="seconds a worker has from SIGTERM to its kill (60)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
@@ -115,7 +125,10 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
     try:
         preflight(plan.job, plan.input, plan.output, plan.errors, plan.journal)
         with connect(
-            plan.cluster.scheduler, plan.cluster.workers, plan.cluster.dashboard
+            plan.cluster.scheduler,
+            plan.cluster.workers,
+            plan.cluster.dashboard,
+            churn=plan.cluster.churn,
         ) as client:
             if plan.cluster.dashboard:
                 console.print(f"Dashboard: {client.dashboard_link}")
@@ -129,6 +142,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
                     plan.errors,
                     plan.journal,
                     observer=None if quiet else view,
+                    config=DriverConfig(grace_seconds=plan.cluster.grace_seconds),
                 )
     except (JournalMismatch, OutputConflict, RunAborted) as exc:
         console.print(f"pervade: error: {exc}", markup=False)

@@ -21,6 +21,7 @@ from pervade.cli.jobfile import (
     resolve_path,
     typed,
 )
+from pervade.core.churn import parse_churn
 from pervade.core.config import ConfigError, DispatchConfig
 from pervade.core.context import ContextSpec
 from pervade.engines.bundled import BundledModelError, cache_dir, resolve_model
@@ -168,7 +169,14 @@ def _cluster(section: dict[str, Any]) -> ClusterPlan:
     if workers < 1:
         raise ConfigError(f"cluster.workers must be at least 1, got {workers}")
     scheduler = typed(section, "scheduler", str, None, "cluster") or None
-    return ClusterPlan(workers, scheduler, bool(section.get("dashboard", False)))
+    churn_text = typed(section, "churn", str, None, "cluster")
+    churn = parse_churn(churn_text) if churn_text else None
+    if churn is not None and scheduler is not None:
+        raise ConfigError("cluster.churn drives a local cluster only; drop it or the scheduler")
+    grace = typed(section, "grace", float, 60.0, "cluster")
+    if grace <= 0:
+        raise ConfigError(f"cluster.grace must be positive seconds, got {grace}")
+    return ClusterPlan(workers, scheduler, bool(section.get("dashboard", False)), churn, grace)
 
 
 def _dispatch(section: dict[str, Any]) -> DispatchConfig:

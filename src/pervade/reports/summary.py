@@ -45,12 +45,14 @@ def summary_rows(
         rate = stats.results / wall_seconds if wall_seconds > 0 else 0.0
         rows.append(("throughput", f"{rate:.1f} items/s over the run"))
     if stats.hard_evictions or stats.graceful_evictions:
-        rows.append((
-            "evictions",
-            f"{stats.hard_evictions} without notice ({stats.requeued_evicted} item attempts "
-            f"lost and run again), {stats.graceful_evictions} graceful "
-            f"({stats.requeued_graceful} unstarted items handed back)",
-        ))
+        rows.append(
+            (
+                "evictions",
+                f"{stats.hard_evictions} without notice ({stats.requeued_evicted} item attempts "
+                f"lost and run again), {stats.graceful_evictions} graceful "
+                f"({stats.requeued_graceful} unstarted items handed back)",
+            )
+        )
     if stats.requeued:
         rows.append(("requeued", f"{stats.requeued} item attempts ran again"))
     for name, path in paths.items():

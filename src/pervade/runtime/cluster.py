@@ -10,6 +10,9 @@ from contextlib import contextmanager
 import dask
 from distributed import Client, LocalCluster
 
+from pervade.core.churn import ChurnRate
+from pervade.runtime.churn import ChurnHarness
+
 
 def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]:
     """Environment for local worker processes: the cores split evenly between workers.
@@ -37,8 +40,13 @@ def connect(
     workers: int = 2,
     dashboard: bool = False,
     timeout: float = 30.0,
+    churn: ChurnRate | None = None,
 ) -> Iterator[Client]:
+    """A client of `scheduler`, or of a local cluster of `workers` processes that `churn`
+    (local only) evicts and replaces while the caller runs."""
     if scheduler:
+        if churn is not None:
+            raise ValueError("the churn harness drives a local cluster only, not --scheduler")
         client = Client(scheduler, timeout=f"{timeout}s")
         try:
             yield client
@@ -59,11 +67,16 @@ def connect(
             threads_per_worker=1,
             processes=True,
             dashboard_address=":8787" if dashboard else ":0",
-            silence_logs=logging.ERROR,
+            # Under churn, workers die on purpose: Dask's errors about it are expected noise.
+            silence_logs=logging.ERROR if churn is None else logging.CRITICAL,
         )
         client = Client(cluster, timeout=f"{timeout}s")
         try:
-            yield client
+            if churn is None:
+                yield client
+            else:
+                with ChurnHarness(cluster, client, churn, workers):
+                    yield client
         finally:
             client.close()
             cluster.close()

@@ -94,6 +94,8 @@ class Driver:
         self._states: dict[tuple[str, str], ContextState] = {}
         self._last_load_error = ""
         self._accepted: list[Accepted] = []
+        self._polled = False
+        self._loads: dict[tuple[str, str], Future[float]] = {}
         self._started = time.monotonic()
 
     # -- the loop --------------------------------------------------------------------
@@ -189,15 +191,23 @@ class Driver:
         current = set(self.client.scheduler_info()["workers"])
         for worker in sorted(current - self._workers):
             self._workers.add(worker)
-            try:
-                live = self.client.run(live_contexts, workers=[worker]).get(worker, [])
-            except Exception:  # not set up yet, or already gone: treat it as empty
-                live = []
+            live: list[str] = []
+            if not self._polled:
+                # Only workers that were there before this driver can hold warm contexts
+                # (a driver reconnecting); later ones are new processes, never asked, so a
+                # worker dying as it joins cannot stall the driver on the question.
+                try:
+                    live = self.client.run(live_contexts, workers=[worker]).get(worker, [])
+                except Exception:  # not set up yet, or already gone: treat it as empty
+                    live = []
             for context in live:
                 self._states[(worker, context)] = ContextState.WARM
             self._handle(WorkerJoined(worker, tuple(live)))
+        self._polled = True
         for worker in sorted(self._workers - current):
             self._workers.discard(worker)
+            for key in [k for k in self._loads if k[0] == worker]:
+                self._loads.pop(key).cancel()
             for key in [k for k in self._states if k[0] == worker]:
                 del self._states[key]
             self._handle(WorkerLeft(worker))
@@ -215,6 +225,8 @@ class Driver:
             # alone is reported by the load future, so that it is never counted twice.
             if state is not ContextState.FAILED:
                 seconds = message.get("load_seconds")
+                if state is ContextState.WARM and seconds:
+                    self._record_load(worker, context, float(seconds))
                 self._handle(ContextStateChanged(worker, context, state, seconds))
         elif kind == "drain":
             _timestamp, message = payload
@@ -224,21 +236,24 @@ class Driver:
         elif kind == "load":
             self._load_done(*payload)
 
-    def _fetch(self, task: str, future: Future[TaskReport]) -> None:
-        """On Dask's callback thread: start fetching a finished task's report.
+    def _fetch(self, kind: str, key: Any, future: Future[Any]) -> None:
+        """On Dask's callback thread: fetch a finished future's result or error without
+        ever blocking the driver thread.
 
-        The fetch runs on the client's event loop, concurrently with others, so the driver
-        thread never waits a network round trip per task (that wait, about 10 ms, was most
-        of the dispatch overhead of a warm task).
+        The fetch runs on the client's event loop, concurrently with others: the driver does
+        not wait a network round trip per task (that wait was most of the dispatch overhead
+        of a warm task), nor forever for a result that died with its worker (Dask then
+        reschedules the key, and a worker-restricted key never runs again; the driver
+        cancels it when it sees the worker go).
         """
-        if future.status != "finished":
-            self._put("task", (task, future, None))
+        if future.status == "cancelled":
+            self._put(kind, (key, future, None))
             return
         loop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
         fetching = asyncio.run_coroutine_threadsafe(
             self.client.gather(future, asynchronous=True), loop
         )
-        fetching.add_done_callback(lambda fetched: self._put("task", (task, future, fetched)))
+        fetching.add_done_callback(lambda fetched: self._put(kind, (key, future, fetched)))
 
     def _task_done(
         self,
@@ -249,37 +264,41 @@ class Driver:
         if self._futures.get(task) is not future:
             return  # cancelled by a decision earlier: its items are already back in the queue
         del self._futures[task]
-        if fetched is not None and fetched.exception() is None:
+        error = _error_of(fetched)
+        if fetched is not None and not fetched.cancelled() and error is None:
             report: TaskReport = fetched.result()
             self.stats.tasks += 1
             self.stats.tokens += report.tokens
             self.stats.infer_seconds += report.infer_seconds
-            worker = self.core.task_worker(task)
-            if report.load_seconds > 0 and worker is not None:
-                self._record_load(worker, self._context, report.load_seconds)
             self._accept(
                 [self._outcome(item_id, value) for item_id, value in report.outcomes], task
             )
             self._handle(TaskFinished(task, report.unfinished))
             return
-        if future.status == "cancelled":
-            return
-        # The task raised, or its report was lost with its worker before it was fetched.
-        error = fetched.exception() if fetched is not None else future.exception()
-        evicted = self.core.task_worker(task) not in self._current_workers()
+        # The task raised, or its report was lost (or cancelled by Dask) with its worker.
+        evicted = (
+            error is None
+            or _is_lost_worker(error)
+            or self.core.task_worker(task) not in self._current_workers()
+        )
+        described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
         self.journal.end_attempts(task, "evicted" if evicted else "failed")
-        self._handle(TaskFailed(task, f"{type(error).__name__}: {error}", evicted))
+        self._handle(TaskFailed(task, described, evicted))
 
     def _current_workers(self) -> set[str]:
         return set(self.client.scheduler_info()["workers"])
 
-    def _load_done(self, worker: str, context: str, future: Future[float]) -> None:
-        if future.status == "finished":
-            seconds = float(future.result())
-            if seconds > 0:
-                self._record_load(worker, context, seconds)
-        elif future.status == "error":
-            error = future.exception()
+    def _load_done(
+        self,
+        key: tuple[str, str],
+        future: Future[float],
+        fetched: concurrent.futures.Future[float] | None,
+    ) -> None:
+        # Success is reported by the worker's "warm" message, with the seconds it took.
+        worker, context = key
+        self._loads.pop(key, None)
+        error = _error_of(fetched)
+        if error is not None and worker in self._workers:
             self._last_load_error = f"{worker}: {type(error).__name__}: {error}"
             self._states[(worker, context)] = ContextState.FAILED
             self._handle(ContextStateChanged(worker, context, ContextState.FAILED))
@@ -313,7 +332,7 @@ class Driver:
                     retries=0,
                 )
                 self._futures[task] = future
-                future.add_done_callback(partial(self._fetch, task))
+                future.add_done_callback(partial(self._fetch, "task", task))
             case LoadContext(worker=worker, context=context):
                 loading: Future[float] = self.client.submit(
                     load_context,
@@ -324,9 +343,8 @@ class Driver:
                     pure=False,
                     retries=0,
                 )
-                loading.add_done_callback(
-                    lambda f, w=worker, c=context: self._put("load", (w, c, f))
-                )
+                self._loads[(worker, context)] = loading
+                loading.add_done_callback(partial(self._fetch, "load", (worker, context)))
             case CancelTask(task=task):
                 cancelled = self._futures.pop(task, None)
                 if cancelled is not None:
@@ -374,3 +392,17 @@ class Driver:
                 self.stats.errors += 1
             self._window.pop(outcome.item_id, None)
         self._accepted.extend(accepted)
+
+
+def _is_lost_worker(error: BaseException) -> bool:
+    """Errors that say the worker went away, not that the task's code failed."""
+    if isinstance(error, asyncio.CancelledError | concurrent.futures.CancelledError):
+        return True
+    return type(error).__name__ in {"KilledWorker", "CommClosedError", "FutureCancelledError"}
+
+
+def _error_of(fetched: concurrent.futures.Future[Any] | None) -> BaseException | None:
+    """The error a fetch ended with; None when it succeeded or never ran (cancelled)."""
+    if fetched is None or fetched.cancelled():
+        return None
+    return fetched.exception()
