@@ -129,6 +129,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
             plan.cluster.workers,
             plan.cluster.dashboard,
             churn=plan.cluster.churn,
+            grace_seconds=plan.cluster.grace_seconds,
         ) as client:
             if plan.cluster.dashboard:
                 console.print(f"Dashboard: {client.dashboard_link}")

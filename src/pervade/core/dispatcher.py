@@ -152,7 +152,12 @@ class Dispatcher:
         for task_id in sorted(worker.tasks):
             task = self._tasks.pop(task_id)
             self._requeue(task.context, task.items, task.group)
-            self.stats.requeued_evicted += len(task.items)
+            # A draining worker leaves only unstarted tasks behind: it waits for the running
+            # one (within its grace period).
+            if worker.draining:
+                self.stats.requeued_graceful += len(task.items)
+            else:
+                self.stats.requeued_evicted += len(task.items)
             decisions.append(CancelTask(task_id))
             decisions.append(RequeueItems(task_id, _ids(task.items), "evicted"))
         return decisions

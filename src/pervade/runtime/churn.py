@@ -9,18 +9,22 @@ worker is added `rejoin_seconds` later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from distributed import Client, LocalCluster
+from distributed.core import Status
 
 from pervade.core.churn import ChurnRate, Eviction, EvictionKind, eviction_schedule
 
 logger = logging.getLogger(__name__)
+_GONE = (Status.closing, Status.closed, Status.closing_gracefully, Status.failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,16 @@ class ChurnHarness:
         client: Client,
         rate: ChurnRate,
         workers: int,
+        grace_seconds: float = 60.0,
         horizon: float = 7 * 24 * 3600.0,
     ) -> None:
         self.cluster = cluster
         self.client = client
         self.rate = rate
+        self.workers = workers
+        self.grace_seconds = grace_seconds
+        self._signalled: set[str] = set()  # workers told to leave: no longer part of the pool
+        self._gaps: list[float] = []  # when graceful evictions left the pool short
         self.schedule: list[Eviction] = eviction_schedule(rate, workers, horizon)
         self.log: list[ChurnRecord] = []
         self._stop = threading.Event()
@@ -60,16 +69,18 @@ class ChurnHarness:
 
     def _run(self) -> None:
         started = time.monotonic()
-        for eviction in self.schedule:
-            if self._stop.wait(max(0.0, started + eviction.at - time.monotonic())):
-                return
-            try:
-                self._evict(eviction, time.monotonic() - started)
-            except Exception as exc:  # a worker that vanished meanwhile: skip this one
-                logger.warning("pervade churn: eviction skipped: %s", exc)
+        pending = list(self.schedule)
+        while not self._stop.wait(0.25):
+            now = time.monotonic() - started
+            while pending and pending[0].at <= now:
+                try:
+                    self._evict(pending.pop(0), now)
+                except Exception as exc:  # a worker that vanished meanwhile: skip this one
+                    logger.warning("pervade churn: eviction skipped: %r", exc)
+            self._refill(now)
 
     def _evict(self, eviction: Eviction, at: float) -> None:
-        workers = sorted(self.client.scheduler_info()["workers"])
+        workers = sorted(set(self.client.scheduler_info()["workers"]) - self._signalled)
         if not workers:
             return
         victim = workers[int(eviction.pick * len(workers))]
@@ -81,12 +92,37 @@ class ChurnHarness:
         os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
         self.log.append(ChurnRecord(at, eviction.kind, victim))
         if not hard:
-            # The drained worker leaves with its nanny; a new slot appears a little later.
-            timer = threading.Timer(self.rate.rejoin_seconds, self._add_worker)
-            timer.daemon = True
-            self._timers.append(timer)
-            timer.start()
+            # As a batch system does: the kill follows the notice once the grace period is
+            # over. The drained worker leaves with its nanny; a new slot appears a little later.
+            self._signalled.add(victim)
+            self._gaps.append(at)
+            self._later(self.grace_seconds, lambda: _kill_quietly(pid))
 
-    def _add_worker(self) -> None:
-        if not self._stop.is_set():
-            self.cluster.scale(len(self.cluster.worker_spec) + 1)
+    def _later(self, seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _refill(self, now: float) -> None:
+        """Fill the gaps that graceful evictions left, `rejoin_seconds` after each, up to the
+        pool's size. (A hard-killed worker's nanny starts a new one by itself.)"""
+        due = [gap for gap in self._gaps if gap + self.rate.rejoin_seconds <= now]
+        if not due:
+            return
+        pool = [
+            nanny
+            for nanny in self.cluster.workers.values()
+            if nanny.status not in _GONE and nanny.worker_address not in self._signalled
+        ]
+        add = min(len(due), self.workers - len(pool))
+        if add > 0:
+            self.cluster.scale(len(self.cluster.worker_spec) + add)
+        self._gaps = [gap for gap in self._gaps if gap not in due[: max(add, 0)]]
+        if len(pool) + max(add, 0) >= self.workers:
+            self._gaps = [gap for gap in self._gaps if gap + self.rate.rejoin_seconds > now]
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

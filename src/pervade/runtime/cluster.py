@@ -41,6 +41,7 @@ def connect(
     dashboard: bool = False,
     timeout: float = 30.0,
     churn: ChurnRate | None = None,
+    grace_seconds: float = 60.0,
 ) -> Iterator[Client]:
     """A client of `scheduler`, or of a local cluster of `workers` processes that `churn`
     (local only) evicts and replaces while the caller runs."""
@@ -75,7 +76,7 @@ def connect(
             if churn is None:
                 yield client
             else:
-                with ChurnHarness(cluster, client, churn, workers):
+                with ChurnHarness(cluster, client, churn, workers, grace_seconds):
                     yield client
         finally:
             client.close()

@@ -50,6 +50,7 @@ class ContextHost:
         # Set when this worker has been told it will be evicted: tasks hand back what they
         # have not started instead of running it.
         self.draining = threading.Event()
+        self.tasks_running = 0  # tasks inside use(): what a drain waits for
 
     def states(self) -> dict[str, ContextState]:
         with self._guard:
@@ -85,9 +86,11 @@ class ContextHost:
         with entry.lock:
             seconds = self._ensure(entry)
             self._set(entry, ContextState.BUSY, use=True)
+            self.tasks_running += 1
             try:
                 yield entry.value, seconds
             finally:
+                self.tasks_running -= 1
                 self._set(entry, ContextState.WARM, use=True)
 
     def drop(self, context: str) -> None:

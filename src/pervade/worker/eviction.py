@@ -19,7 +19,6 @@ from pervade.worker.plugin import context_host
 
 DRAIN_TOPIC = "pervade-drain"
 PLUGIN_NAME = "pervade-eviction"
-_ACTIVE = ("executing", "ready", "waiting", "constrained", "long-running")
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +51,26 @@ class EvictionPlugin(WorkerPlugin):
             return
         self._drain_task = asyncio.ensure_future(self._drain())
 
-    def _busy(self) -> bool:
-        return any(ts.state in _ACTIVE for ts in self._worker.state.tasks.values())
-
     async def _drain(self) -> None:
         worker = self._worker
         loop = asyncio.get_running_loop()
-        context_host(worker).draining.set()
+        host = context_host(worker)
+        host.draining.set()
         worker.log_event(DRAIN_TOPIC, {"worker": worker.address, "grace": self.grace_seconds})
-        # Leave a fifth of the grace period for handing results over and closing.
+        # Wait for the task that is computing items (it stops at its next slice); a context
+        # build in progress holds no finished work, so it is not waited for. A fifth of the
+        # grace period is kept for handing results over and closing.
         deadline = loop.time() + 0.8 * self.grace_seconds
-        while self._busy() and loop.time() < deadline:
+        while host.tasks_running and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        # Dask's graceful close hands the results this worker still holds to another
-        # worker before it goes, so the driver can still collect them.
-        await worker.close_gracefully(reason="pervade: evicted (SIGTERM)")
+        await asyncio.sleep(0.1)  # let the finished task's report reach the scheduler
+        # Retirement hands the results this worker still holds to another worker, so the
+        # driver can still collect them; then the worker and its nanny close without
+        # waiting for a context build that would only be thrown away.
+        await worker.scheduler.retire_workers(
+            workers=[worker.address],
+            close_workers=False,
+            remove=True,
+            stimulus_id=f"pervade-drain-{loop.time()}",
+        )
+        await worker.close(nanny=True, executor_wait=False, reason="pervade: evicted (SIGTERM)")
