@@ -6,7 +6,8 @@ For each mean time between evictions per worker (0 = no churn) the bundled fact-
 job runs on a fresh local cluster of 2 workers while the churn harness evicts and replaces
 workers (half of them gracefully by default, seed 1). Printed per run: wall time and its
 ratio to the run without churn, evictions, item attempts lost to evictions without notice,
-unstarted items handed back by draining workers, completed items computed twice, and goodput
+unstarted items handed back by draining workers, items that ran more than once (a started
+attempt lost with a worker, then run again), and goodput
 (inference seconds of accepted results over the pool's worker-seconds).
 """
 
