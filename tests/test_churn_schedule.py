@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -34,15 +35,21 @@ def test_bad_churn_specs_say_what_is_wrong(text: str, message: str) -> None:
 
 
 def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
-    one = eviction_schedule(ChurnRate(10, seed=1), workers=4, horizon=600)
-    assert one == eviction_schedule(ChurnRate(10, seed=1), workers=4, horizon=600)
-    assert one != eviction_schedule(ChurnRate(10, seed=2), workers=4, horizon=600)
+    one = eviction_schedule(ChurnRate(10, seed=1), workers=4, horizon=600, rng=random.Random(1))
+    assert one == eviction_schedule(
+        ChurnRate(10, seed=1), workers=4, horizon=600, rng=random.Random(1)
+    )
+    assert one != eviction_schedule(
+        ChurnRate(10, seed=2), workers=4, horizon=600, rng=random.Random(2)
+    )
     assert all(a.at < b.at for a, b in itertools.pairwise(one))
     assert all(0 <= e.pick < 1 and 0 < e.at < 600 for e in one)
 
 
 def test_rate_and_graceful_share_match_the_spec_over_a_long_horizon() -> None:
-    schedule = eviction_schedule(ChurnRate(60, graceful=0.3, seed=5), workers=10, horizon=60_000)
+    schedule = eviction_schedule(
+        ChurnRate(60, graceful=0.3, seed=5), workers=10, horizon=60_000, rng=random.Random(5)
+    )
     expected = 60_000 * 10 / 60  # workers / mtbe evictions per second
     assert abs(len(schedule) - expected) < 0.05 * expected
     graceful = sum(e.kind is EvictionKind.GRACEFUL for e in schedule) / len(schedule)

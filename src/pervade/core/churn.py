@@ -6,11 +6,20 @@ be repeated exactly and compared with its simulation.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from pervade.core.config import ConfigError
+
+
+class Rng(Protocol):
+    """The part of `random.Random` a schedule needs; the caller seeds it (core reads no
+    randomness of its own)."""
+
+    def random(self) -> float: ...
+
+    def expovariate(self, lambd: float, /) -> float: ...
 
 
 class EvictionKind(Enum):
@@ -72,14 +81,14 @@ def parse_churn(text: str) -> ChurnRate:
         raise ConfigError(f"--churn {text!r}: {exc}") from None
 
 
-def eviction_schedule(rate: ChurnRate, workers: int, horizon: float) -> list[Eviction]:
-    """Evictions over `horizon` seconds for a pool kept at `workers` workers.
+def eviction_schedule(rate: ChurnRate, workers: int, horizon: float, rng: Rng) -> list[Eviction]:
+    """Evictions over `horizon` seconds for a pool kept at `workers` workers, drawn from
+    `rng` (seeded with `rate.seed`, a run repeats exactly).
 
     The pool as a whole sees evictions at `workers / mean_seconds` per second.
     """
     if workers < 1:
         return []
-    rng = random.Random(rate.seed)
     schedule: list[Eviction] = []
     now = 0.0
     while True:

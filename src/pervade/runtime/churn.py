@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -51,7 +52,9 @@ class ChurnHarness:
         self.grace_seconds = grace_seconds
         self._signalled: set[str] = set()  # workers told to leave: no longer part of the pool
         self._gaps: list[float] = []  # when graceful evictions left the pool short
-        self.schedule: list[Eviction] = eviction_schedule(rate, workers, horizon)
+        self.schedule: list[Eviction] = eviction_schedule(
+            rate, workers, horizon, random.Random(rate.seed)
+        )
         self.log: list[ChurnRecord] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pervade-churn", daemon=True)

@@ -43,6 +43,7 @@ from pervade.core import (
     WorkerLeft,
 )
 from pervade.journal import Accepted, Journal, Outcome
+from pervade.runtime.fetching import error_of, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
 from pervade.runtime.output import ResultSink
@@ -264,7 +265,7 @@ class Driver:
         if self._futures.get(task) is not future:
             return  # cancelled by a decision earlier: its items are already back in the queue
         del self._futures[task]
-        error = _error_of(fetched)
+        error = error_of(fetched)
         if fetched is not None and not fetched.cancelled() and error is None:
             report: TaskReport = fetched.result()
             self.stats.tasks += 1
@@ -278,7 +279,7 @@ class Driver:
         # The task raised, or its report was lost (or cancelled by Dask) with its worker.
         evicted = (
             error is None
-            or _is_lost_worker(error)
+            or is_lost_worker(error)
             or self.core.task_worker(task) not in self._current_workers()
         )
         described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
@@ -297,7 +298,7 @@ class Driver:
         # Success is reported by the worker's "warm" message, with the seconds it took.
         worker, context = key
         self._loads.pop(key, None)
-        error = _error_of(fetched)
+        error = error_of(fetched)
         if error is not None and worker in self._workers:
             self._last_load_error = f"{worker}: {type(error).__name__}: {error}"
             self._states[(worker, context)] = ContextState.FAILED
@@ -392,17 +393,3 @@ class Driver:
                 self.stats.errors += 1
             self._window.pop(outcome.item_id, None)
         self._accepted.extend(accepted)
-
-
-def _is_lost_worker(error: BaseException) -> bool:
-    """Errors that say the worker went away, not that the task's code failed."""
-    if isinstance(error, asyncio.CancelledError | concurrent.futures.CancelledError):
-        return True
-    return type(error).__name__ in {"KilledWorker", "CommClosedError", "FutureCancelledError"}
-
-
-def _error_of(fetched: concurrent.futures.Future[Any] | None) -> BaseException | None:
-    """The error a fetch ended with; None when it succeeded or never ran (cancelled)."""
-    if fetched is None or fetched.cancelled():
-        return None
-    return fetched.exception()
