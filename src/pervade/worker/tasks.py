@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pervade.core.context import ContextSpec
-from pervade.core.items import Item, ItemError, TaskOutputs
+from pervade.core.items import Item, TaskOutputs
 from pervade.worker.imports import resolve_import
 from pervade.worker.plugin import context_host
 
@@ -78,4 +78,4 @@ def live_contexts(dask_worker: Any) -> list[str]:
     return context_host(dask_worker).live()
 
 
-__all__ = ["ItemError", "TaskReport", "live_contexts", "load_context", "run_task"]
+__all__ = ["TaskReport", "live_contexts", "load_context", "run_task"]
