@@ -52,6 +52,7 @@ class ChurnHarness:
         self.grace_seconds = grace_seconds
         self._signalled: set[str] = set()  # workers told to leave: no longer part of the pool
         self._gaps: list[float] = []  # when graceful evictions left the pool short
+        self._added = 0
         self.schedule: list[Eviction] = eviction_schedule(
             rate, workers, horizon, random.Random(rate.seed)
         )
@@ -108,22 +109,28 @@ class ChurnHarness:
         timer.start()
 
     def _refill(self, now: float) -> None:
-        """Fill the gaps that graceful evictions left, `rejoin_seconds` after each, up to the
-        pool's size. (A hard-killed worker's nanny starts a new one by itself.)"""
-        due = [gap for gap in self._gaps if gap + self.rate.rejoin_seconds <= now]
-        if not due:
-            return
+        """Keep the pool at its size: a graceful eviction leaves a gap that a new worker fills
+        `rejoin_seconds` later; a nanny that died or failed to start its worker (it can be hit
+        by a kill while starting) is replaced at once. A hard-killed worker's nanny starts a new
+        worker by itself."""
+        self._gaps = [gap for gap in self._gaps if gap + self.rate.rejoin_seconds > now]
+        for name, nanny in list(self.cluster.workers.items()):
+            if nanny.status in _GONE:
+                # Forget it, or the cluster would start it again under its old name.
+                self.cluster.worker_spec.pop(name, None)
         pool = [
             nanny
             for nanny in self.cluster.workers.values()
             if nanny.status not in _GONE and nanny.worker_address not in self._signalled
         ]
-        add = min(len(due), self.workers - len(pool))
-        if add > 0:
-            self.cluster.scale(len(self.cluster.worker_spec) + add)
-        self._gaps = [gap for gap in self._gaps if gap not in due[: max(add, 0)]]
-        if len(pool) + max(add, 0) >= self.workers:
-            self._gaps = [gap for gap in self._gaps if gap + self.rate.rejoin_seconds > now]
+        starting = len(set(self.cluster.worker_spec) - set(self.cluster.workers))
+        missing = self.workers - len(pool) - starting - len(self._gaps)
+        for _ in range(missing):
+            # Fresh names: the cluster may still hold a closed nanny under an old one.
+            self._added += 1
+            self.cluster.worker_spec[f"churn-{self._added}"] = self.cluster.new_spec
+        if missing > 0:
+            self.cluster.scale(len(self.cluster.worker_spec))  # starts what the spec lacks
 
 
 def _kill_quietly(pid: int) -> None:
