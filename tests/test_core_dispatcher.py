@@ -24,6 +24,7 @@ from pervade.core import (
     ItemsSubmitted,
     LoadContext,
     RequeueItems,
+    RestartWorker,
     RunTask,
     TaskFailed,
     TaskFinished,
@@ -464,6 +465,7 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
     running: dict[str, RunTask] = {}
     started: dict[str, RunTask] = {}
     cancelled: list[str] = []
+    restarting: set[str] = set()
     finished: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     joined = 0
@@ -474,6 +476,7 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
             match decision:
                 case RunTask():
                     assert decision.worker in live, f"task on a worker without context: {decision}"
+                    assert decision.worker not in restarting, f"task on a dying process: {decision}"
                     assert decision.task not in running
                     assert decision.items
                     running[decision.task] = started[decision.task] = decision
@@ -489,6 +492,9 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
                     assert set(ids) <= set(started[task].items)
                 case FailItems(items=ids):
                     failed.update(ids)
+                case RestartWorker(worker=worker):
+                    assert worker in present and worker not in restarting
+                    restarting.add(worker)
                 case Abort():
                     raise AssertionError(f"seed {seed}: unexpected abort: {decision}")
 
@@ -515,11 +521,12 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
             apply(d.handle(ItemsSubmitted(CTX, tuple(chunk)), now))
         elif roll < 0.16 and joined < 40:
             join()
-        elif roll < 0.2:
-            gone = rng.choice(sorted(present))
+        elif roll < 0.2 or (restarting and roll < 0.25):
+            gone = rng.choice(sorted(restarting or present))
             present.discard(gone)
             live.discard(gone)
             loading.discard(gone)
+            restarting.discard(gone)
             apply(d.handle(WorkerLeft(gone), now))
         elif roll < 0.3 and loading:
             worker = rng.choice(sorted(loading))
@@ -538,8 +545,22 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
             task = running.pop(rng.choice(sorted(running)))
             if rng.random() < 0.1:
                 apply(d.handle(TaskFailed(task.task, "preempted", evicted=True), now))
-            elif culprits & set(task.items):
+            elif culprits & set(task.items) and rng.random() < 0.5:
                 apply(d.handle(TaskFailed(task.task, "ValueError: culprit"), now))
+            elif culprits & set(task.items) or rng.random() < 0.05:
+                # The worker ran the task in slices: some finished, the slice holding the
+                # culprit (or a broken device) raised, and the rest may be handed back.
+                cut = rng.randint(0, len(task.items))
+                done = [i for i in task.items[:cut] if i not in culprits]
+                raised = [i for i in task.items[cut:] if i in culprits] or list(task.items[cut:])
+                raised += [i for i in task.items[:cut] if i in culprits]
+                back = [i for i in task.items if i not in done and i not in raised]
+                if not raised and back:
+                    raised, back = back[:1], back[1:]
+                finished.update(done)
+                restart = not culprits & set(raised) and rng.random() < 0.5
+                report = TaskFinished(task.task, tuple(back), tuple(raised), "boom", restart)
+                apply(d.handle(report, now))
             else:
                 finished.update(task.items)
                 apply(d.handle(TaskFinished(task.task), now))

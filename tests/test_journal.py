@@ -204,6 +204,33 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def test_rerun_items_counts_work_lost_not_items_handed_back(journal: Journal) -> None:
+    journal.start_attempts("t1", "w1", ["a", "b", "c", "d"])
+    journal.end_attempts("t1", "evicted", ["a"])
+    journal.end_attempts("t1", "task raised: boom", ["b"])
+    journal.end_attempts("t1", "drained", ["c"])
+    journal.accept([result("d")], "t1")
+    journal.start_attempts("t2", "w2", ["a"])
+    journal.end_attempts("t2", "restarted")
+    assert journal.rerun_items() == 2  # a (twice) and b; c never ran, d is done
+    assert journal.rerun_items(since=float("inf")) == 0
+
+
+def test_worker_events_and_run_summaries_survive_a_reopen(journal: Journal, path: Path) -> None:
+    journal.record_worker_event("tcp://w1", "joined")
+    journal.record_worker_event("tcp://w1", "drained")
+    journal.start_run("r1")
+    journal.end_run("r1", {"graceful_evictions": 1, "goodput": 0.8})
+    journal.start_run("r2")  # a run that never ended (the driver was killed) has no summary
+    journal.close()
+    again = Journal(path, "fp-1")
+    try:
+        assert again.worker_events() == [("tcp://w1", "joined"), ("tcp://w1", "drained")]
+        assert again.run_summaries() == [{"graceful_evictions": 1, "goodput": 0.8}]
+    finally:
+        again.close()
+
+
 def test_errors_path_for() -> None:
     assert errors_path_for(Path("/o/out.jsonl")) == Path("/o/out.errors.jsonl")
     assert errors_path_for(Path("/o/out")) == Path("/o/out.errors.jsonl")

@@ -4,12 +4,13 @@ context management (a model loaded once per worker, kept warm, reused by every t
 from pervade.api import Result, context, llm, map
 from pervade.core.config import ConfigError, DispatchConfig
 from pervade.core.context import ContextSpec
-from pervade.core.items import Item, ItemError, TaskOutputs
+from pervade.core.items import ContextPoisoned, Item, ItemError, TaskOutputs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "ContextPoisoned",
     "ContextSpec",
     "DispatchConfig",
     "Item",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
-from pervade import Item, ItemError
+from pervade import ContextPoisoned, Item, ItemError
 
 _builds = count(1)
 
@@ -52,3 +52,36 @@ def logged(
             log.write(item.id + "\n")
             log.flush()
     return out
+
+
+def _first_time(marker_dir: str, name: str) -> bool:
+    """True for the first caller across all processes (creates a marker file)."""
+    try:
+        with open(os.path.join(marker_dir, name), "x"):
+            return True
+    except FileExistsError:
+        return False
+
+
+def breaks_context_once(
+    context: dict[str, Any], items: Sequence[Item], marker_dir: str, error: str
+) -> list[Any]:
+    """Once in the whole run, when it meets item n=40: raise `error` ("context": the
+    context is broken; "device": a sticky CUDA error; "memory": out of memory)."""
+    if any(item.data["n"] == 40 for item in items) and _first_time(marker_dir, error):
+        if error == "context":
+            raise ContextPoisoned("the index went away")
+        if error == "device":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return [
+        {"pid": context["pid"], "build": context["build"], "n": item.data["n"]} for item in items
+    ]
+
+
+def memory_bound(context: dict[str, Any], items: Sequence[Item], fits: int) -> list[Any]:
+    """Out of memory for batches of more than `fits` items, and for an item marked `huge`
+    in any batch: it does not fit even alone."""
+    if len(items) > fits or any(item.data.get("huge") for item in items):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+    return [{"n": item.data["n"], "batch": len(items)} for item in items]

@@ -13,6 +13,7 @@ from pervade.core.decisions import (
     FailItems,
     LoadContext,
     RequeueItems,
+    RestartWorker,
     RunTask,
 )
 from pervade.core.dispatcher import Dispatcher
@@ -26,13 +27,14 @@ from pervade.core.events import (
     WorkerJoined,
     WorkerLeft,
 )
-from pervade.core.items import Item, ItemError, ItemRef, TaskOutputs
+from pervade.core.items import ContextPoisoned, Item, ItemError, ItemRef, TaskOutputs
 from pervade.core.states import ContextState
 
 __all__ = [
     "Abort",
     "Artifact",
     "CancelTask",
+    "ContextPoisoned",
     "ContextSpec",
     "ContextState",
     "ContextStateChanged",
@@ -47,6 +49,7 @@ __all__ = [
     "ItemsSubmitted",
     "LoadContext",
     "RequeueItems",
+    "RestartWorker",
     "RunTask",
     "TaskFailed",
     "TaskFinished",

@@ -44,10 +44,19 @@ class FailItems:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartWorker:
+    """Start a new process for this worker (its nanny keeps the slot): the old one is
+    unusable. It takes no more tasks; the new process joins as a new worker."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     """No progress is possible (the context cannot be built on any worker)."""
 
     reason: str
 
 
-Decision = LoadContext | RunTask | CancelTask | RequeueItems | FailItems | Abort
+Decision = LoadContext | RunTask | CancelTask | RequeueItems | FailItems | RestartWorker | Abort

@@ -18,6 +18,7 @@ from pervade.core.decisions import (
     FailItems,
     LoadContext,
     RequeueItems,
+    RestartWorker,
     RunTask,
 )
 from pervade.core.events import (
@@ -42,6 +43,8 @@ class DispatchStats:
     graceful_evictions: int = 0  # workers that drained before leaving
     requeued_evicted: int = 0  # item attempts lost with a worker that left without notice
     requeued_graceful: int = 0  # items a draining worker handed back unstarted
+    restarts: int = 0  # worker processes replaced because their device became unusable
+    requeued_stopped: int = 0  # items handed back unstarted when a task's context broke
 
 
 @dataclass(slots=True)
@@ -52,6 +55,11 @@ class _Worker:
     load_failures: dict[str, int] = field(default_factory=dict)
     tasks: set[str] = field(default_factory=set)
     draining: bool = False
+    restarting: bool = False  # its process is being replaced: it takes no work meanwhile
+
+    @property
+    def takes_work(self) -> bool:
+        return not (self.draining or self.restarting)
 
     def is_live(self, context: str) -> bool:
         state = self.contexts.get(context)
@@ -107,6 +115,13 @@ class Dispatcher:
             1 for w in self._workers.values() for state in w.contexts.values() if state.is_live
         )
 
+    def departure(self, worker: str) -> str:
+        """How `worker` is leaving, should it leave now: restarted, drained or evicted."""
+        found = self._workers.get(worker)
+        if found is not None and found.restarting:
+            return "restarted"
+        return "drained" if found is not None and found.draining else "evicted"
+
     def task_worker(self, task: str) -> str | None:
         found = self._tasks.get(task)
         return found.worker if found else None
@@ -131,8 +146,8 @@ class Dispatcher:
                     found.draining = True
             case ContextStateChanged():
                 self._context_changed(event)
-            case TaskFinished(task=task, unfinished=unfinished):
-                decisions += self._task_finished(task, unfinished)
+            case TaskFinished():
+                decisions += self._task_finished(event)
             case TaskFailed():
                 decisions += self._task_failed(event)
         decisions += self._fill(now)
@@ -145,21 +160,22 @@ class Dispatcher:
         if worker is None:
             return []
         decisions: list[Decision] = []
-        if worker.draining:
+        if worker.draining and not worker.restarting:
             self.stats.graceful_evictions += 1
-        else:
+        elif not worker.restarting:  # a restart was counted when it was asked for
             self.stats.hard_evictions += 1
         for task_id in sorted(worker.tasks):
             task = self._tasks.pop(task_id)
             self._requeue(task.context, task.items, task.group)
             # A draining worker leaves only unstarted tasks behind: it waits for the running
             # one (within its grace period).
-            if worker.draining:
+            if worker.draining and not worker.restarting:
                 self.stats.requeued_graceful += len(task.items)
             else:
                 self.stats.requeued_evicted += len(task.items)
             decisions.append(CancelTask(task_id))
-            decisions.append(RequeueItems(task_id, _ids(task.items), "evicted"))
+            reason = "restarted" if worker.restarting else "evicted"
+            decisions.append(RequeueItems(task_id, _ids(task.items), reason))
         return decisions
 
     def _context_changed(self, event: ContextStateChanged) -> None:
@@ -172,23 +188,37 @@ class Dispatcher:
         if event.load_seconds is not None and event.state.is_live:
             self.load_seconds.setdefault(event.context, []).append(event.load_seconds)
 
-    def _task_finished(self, task_id: str, unfinished: tuple[str, ...]) -> list[Decision]:
-        task = self._tasks.pop(task_id, None)
+    def _task_finished(self, event: TaskFinished) -> list[Decision]:
+        task = self._tasks.pop(event.task, None)
         if task is None:
             return []  # a late duplicate of a task already given up on
         worker = self._workers.get(task.worker)
         if worker is not None:
-            worker.tasks.discard(task_id)
-        handed_back = set(unfinished)
+            worker.tasks.discard(task.id)
+        decisions: list[Decision] = []
+        if event.restart and worker is not None and not worker.restarting:
+            worker.restarting = True
+            self.stats.restarts += 1
+            decisions.append(RestartWorker(worker.name, event.error))
+        handed_back, failed = set(event.unfinished), set(event.failed)
         for item in task.items:
-            if item.id not in handed_back:
+            if item.id not in handed_back and item.id not in failed:
                 self._failures.pop(item.id, None)
-        if not handed_back:
-            return []
-        back = tuple(item for item in task.items if item.id in handed_back)
-        self._requeue(task.context, back, task.group)
-        self.stats.requeued_graceful += len(back)
-        return [RequeueItems(task_id, _ids(back), "drained")]
+        if handed_back:
+            back = tuple(item for item in task.items if item.id in handed_back)
+            self._requeue(task.context, back, task.group)
+            draining = worker is not None and worker.draining
+            if draining:
+                self.stats.requeued_graceful += len(back)
+            else:
+                self.stats.requeued_stopped += len(back)
+            decisions.append(
+                RequeueItems(task.id, _ids(back), "drained" if draining else "stopped")
+            )
+        if failed:
+            faulty = tuple(item for item in task.items if item.id in failed)
+            decisions += self._isolate(task, faulty, event.error)
+        return decisions
 
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
         task = self._tasks.pop(event.task, None)
@@ -201,23 +231,27 @@ class Dispatcher:
             self._requeue(task.context, task.items, task.group)
             self.stats.requeued_evicted += len(task.items)
             return [RequeueItems(task.id, _ids(task.items), "evicted")]
+        return self._isolate(task, task.items, event.error)
+
+    def _isolate(self, task: _Task, items: tuple[ItemRef, ...], error: str) -> list[Decision]:
+        """Items whose batch raised `error`: find the one to blame."""
         backlog = self._backlogs.setdefault(task.context, Backlog())
-        reason = f"task raised: {event.error}"
-        if len(task.items) > 1:
+        reason = f"task raised: {error}"
+        if len(items) > 1:
             # Someone in the batch raised, or the batch as a whole did (out of memory, say):
             # run the halves apart, and again, until the item that raises runs alone. Only an
             # item that fails alone is charged, so innocent neighbours never lose budget.
-            half = len(task.items) // 2
-            backlog.add_group(task.items[:half])
-            backlog.add_group(task.items[half:])
-            return [RequeueItems(task.id, _ids(task.items), reason)]
-        (item,) = task.items
+            half = len(items) // 2
+            backlog.add_group(items[:half])
+            backlog.add_group(items[half:])
+            return [RequeueItems(task.id, _ids(items), reason)]
+        (item,) = items
         count = self._failures.get(item.id, 0) + 1
         if count >= self.config.max_failures:
             self._failures.pop(item.id, None)
-            return [FailItems((item.id,), event.error)]
+            return [FailItems((item.id,), error)]
         self._failures[item.id] = count
-        backlog.add_group(task.items)
+        backlog.add_group(items)
         return [RequeueItems(task.id, (item.id,), reason)]
 
     def _requeue(self, context: str, items: tuple[ItemRef, ...], group: bool) -> None:
@@ -250,7 +284,7 @@ class Dispatcher:
                     w
                     for w in order
                     if w.is_live(context)
-                    and not w.draining
+                    and w.takes_work
                     and len(w.tasks) < self.config.max_in_flight
                 ]
                 if not ready:
@@ -261,7 +295,9 @@ class Dispatcher:
             if not len(self._backlogs[context]):
                 continue
             for worker in order:
-                if worker.tasks or worker.draining or worker.is_building or worker.is_live(context):
+                if worker.tasks or not worker.takes_work or worker.is_building:
+                    continue
+                if worker.is_live(context):
                     continue
                 if worker.load_failures.get(context, 0) >= self.config.max_load_failures:
                     continue

@@ -44,10 +44,17 @@ class ContextStateChanged:
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
     """The task reported. Every item has an outcome (a result or a per-item error) except
-    `unfinished` ones, which a draining worker handed back without running."""
+    `unfinished` ones, which the worker handed back without running (it is draining, or its
+    context broke), and `failed` ones, whose batch raised `error`.
+
+    `restart` asks for a new worker process: the device is unusable in this one (a CUDA
+    error is sticky for the life of the process)."""
 
     task: str
     unfinished: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    error: str = ""
+    restart: bool = False
 
 
 @dataclass(frozen=True, slots=True)

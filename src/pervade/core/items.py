@@ -40,6 +40,12 @@ class ItemError:
     field: str | None = None
 
 
+class ContextPoisoned(Exception):
+    """Raised by a batch function when the context itself is broken (a lost connection, a
+    corrupted index, a device left in a bad state), not the items: the worker drops the
+    context and builds it again before its next task, and the items run again."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskOutputs:
     """What a batch function may return instead of a plain list, to report work done."""

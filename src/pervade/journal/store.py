@@ -39,6 +39,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
     task TEXT,
     accepted REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS worker_events (
+    worker TEXT NOT NULL,
+    event TEXT NOT NULL,  -- joined, evicted (without notice), drained (graceful), restarted
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY,
+    started REAL NOT NULL,
+    ended REAL,
+    summary TEXT  -- JSON: evictions, items re-run, goodput of the run
+);
 CREATE TABLE IF NOT EXISTS context_loads (
     worker TEXT NOT NULL,
     context TEXT NOT NULL,
@@ -193,6 +204,47 @@ class Journal:
 
     def attempt_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+
+    def rerun_items(self, since: float = 0.0) -> int:
+        """Items that ran and lost the work (their worker died, their batch raised), in
+        attempts started at or after `since`; items handed back unstarted do not count."""
+        row = self._db.execute(
+            "SELECT COUNT(DISTINCT item_id) FROM attempts WHERE started >= ? AND ended IS NOT "
+            "NULL AND outcome NOT IN ('done', 'drained', 'stopped')",
+            (since,),
+        )
+        return int(row.fetchone()[0])
+
+    # -- workers and runs ------------------------------------------------------------
+
+    def record_worker_event(self, worker: str, event: str) -> None:
+        self._db.execute(
+            "INSERT INTO worker_events (worker, event, at) VALUES (?, ?, ?)",
+            (worker, event, time.time()),
+        )
+
+    def worker_events(self) -> list[tuple[str, str]]:
+        return [
+            (str(w), str(e))
+            for w, e in self._db.execute("SELECT worker, event FROM worker_events ORDER BY at")
+        ]
+
+    def start_run(self, run: str) -> float:
+        now = time.time()
+        self._db.execute("INSERT INTO runs (run, started) VALUES (?, ?)", (run, now))
+        return now
+
+    def end_run(self, run: str, summary: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE runs SET ended = ?, summary = ? WHERE run = ?",
+            (time.time(), json.dumps(summary), run),
+        )
+
+    def run_summaries(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT summary FROM runs WHERE summary IS NOT NULL ORDER BY started"
+        )
+        return [json.loads(summary) for (summary,) in rows]
 
     # -- contexts --------------------------------------------------------------------
 

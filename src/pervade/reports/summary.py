@@ -53,8 +53,32 @@ def summary_rows(
                 f"({stats.requeued_graceful} unstarted items handed back)",
             )
         )
+    if stats.restarts:
+        rows.append(("restarts", f"{stats.restarts} worker processes replaced (device error)"))
+    if stats.oom_splits:
+        rows.append(("out of memory", f"{stats.oom_splits} batches split in smaller pieces"))
     if stats.requeued:
-        rows.append(("requeued", f"{stats.requeued} item attempts ran again"))
+        rows.append(
+            (
+                "requeued",
+                f"{stats.requeued} item attempts ran again; "
+                f"{stats.rerun_items} items had work lost and redone",
+            )
+        )
+    goodput = stats.goodput
+    if goodput.worker_seconds > 0:
+
+        def part(seconds: float) -> str:
+            return f"{100 * seconds / goodput.worker_seconds:.0f}%"
+
+        rows.append(
+            (
+                "goodput",
+                f"{part(goodput.useful)} of {goodput.worker_seconds:.0f} worker-seconds on "
+                f"accepted results; {part(goodput.loading)} loading contexts, "
+                f"{part(goodput.lost)} lost to re-execution, {part(goodput.idle)} idle",
+            )
+        )
     for name, path in paths.items():
         rows.append((name, str(path.resolve())))
     return rows

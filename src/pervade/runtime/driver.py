@@ -7,11 +7,12 @@ is touched by the driver thread alone.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import json
+import contextlib
+import logging
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,11 +31,11 @@ from pervade.core import (
     Event,
     FailItems,
     Item,
-    ItemError,
     ItemRef,
     ItemsSubmitted,
     LoadContext,
     RequeueItems,
+    RestartWorker,
     RunTask,
     TaskFailed,
     TaskFinished,
@@ -42,17 +43,21 @@ from pervade.core import (
     WorkerJoined,
     WorkerLeft,
 )
+from pervade.core.accounting import Ledger
 from pervade.journal import Accepted, Journal, Outcome
-from pervade.runtime.fetching import error_of, is_lost_worker
+from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
+from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.stats import RunStats
+from pervade.runtime.submit import submit_load, submit_task
 from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
 from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
-from pervade.worker.tasks import TaskReport, live_contexts, load_context, run_task
+from pervade.worker.tasks import TaskReport, live_contexts
 
 Observer = Callable[[RunStats], None]
+logger = logging.getLogger(__name__)
 
 
 class RunAborted(RuntimeError):
@@ -81,8 +86,9 @@ class Driver:
         self.client = client
         self.job = job
         self.journal = journal
-        self.sink = sink
         self.stats = stats
+        self.outcomes = Outcomes(journal, sink, stats, job.function_name)
+        self.ledger = Ledger()
         self.config = config or DriverConfig()
         self.observer = observer
         self.core = Dispatcher(job.dispatch)
@@ -90,11 +96,9 @@ class Driver:
         self._run = secrets.token_hex(4)  # task keys stay unique across reruns on one cluster
         self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._futures: dict[str, Future[TaskReport]] = {}
-        self._window: dict[str, SourceItem] = {}
         self._workers: set[str] = set()
         self._states: dict[tuple[str, str], ContextState] = {}
         self._last_load_error = ""
-        self._accepted: list[Accepted] = []
         self._polled = False
         self._loads: dict[tuple[str, str], Future[float]] = {}
         self._started = time.monotonic()
@@ -104,6 +108,7 @@ class Driver:
     def run(self, source: Iterator[SourceItem | InputProblem]) -> Iterator[list[Accepted]]:
         """Run to the end, yielding each batch of newly accepted outcomes."""
         self._started = time.monotonic()
+        run_started = self.journal.start_run(self._run)
         self.client.register_plugin(ContextHostPlugin())
         self.client.register_plugin(EvictionPlugin(self.config.grace_seconds))
         self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
@@ -128,9 +133,8 @@ class Driver:
                     pass
                 else:
                     self._on_message(kind, payload)
-                if self._accepted:
-                    batch, self._accepted = self._accepted, []
-                    yield batch
+                if self.outcomes.accepted:
+                    yield self.outcomes.take()
                 if now >= next_observe:
                     self._observe()
                     next_observe = now + self.config.observe_every
@@ -140,7 +144,9 @@ class Driver:
             for future in self._futures.values():
                 future.cancel()
             self._futures.clear()
-        self._observe()
+            self.stats.rerun_items = self.journal.rerun_items(since=run_started)
+            self._observe()
+            self.journal.end_run(self._run, self.stats.accounts())
 
     def _now(self) -> float:
         return time.monotonic() - self._started
@@ -155,6 +161,8 @@ class Driver:
         self.stats.graceful_evictions = churn.graceful_evictions
         self.stats.requeued_evicted = churn.requeued_evicted
         self.stats.requeued_graceful = churn.requeued_graceful
+        self.stats.restarts = churn.restarts
+        self.stats.goodput = self.ledger.snapshot(self._now())
         self.stats.live_contexts = sum(1 for s in self._states.values() if s.is_live)
         self.stats.sample(self._now())
         if self.observer is not None:
@@ -175,14 +183,14 @@ class Driver:
             if isinstance(entry, InputProblem):
                 problems.append((entry.key, Outcome.ERROR, entry.as_record()))
             elif entry.id not in finished:
-                self._window[entry.id] = entry
+                self.outcomes.window[entry.id] = entry
                 refs.append(ItemRef(entry.id, entry.cost))
                 lines.append((entry.id, entry.line))
             if len(refs) + len(problems) >= self.config.window:
                 exhausted = False
                 break
         if problems:
-            self._accept(problems)
+            self.outcomes.accept(problems)
         if refs:
             self.journal.register_items(lines)
             self._handle(ItemsSubmitted(self._context, tuple(refs)))
@@ -192,6 +200,8 @@ class Driver:
         current = set(self.client.scheduler_info()["workers"])
         for worker in sorted(current - self._workers):
             self._workers.add(worker)
+            self.ledger.joined(worker, self._now())
+            self.journal.record_worker_event(worker, "joined")
             live: list[str] = []
             if not self._polled:
                 # Only workers that were there before this driver can hold warm contexts
@@ -207,6 +217,8 @@ class Driver:
         self._polled = True
         for worker in sorted(self._workers - current):
             self._workers.discard(worker)
+            self.ledger.left(worker, self._now())
+            self.journal.record_worker_event(worker, self.core.departure(worker))
             for key in [k for k in self._loads if k[0] == worker]:
                 self._loads.pop(key).cancel()
             for key in [k for k in self._states if k[0] == worker]:
@@ -238,23 +250,13 @@ class Driver:
             self._load_done(*payload)
 
     def _fetch(self, kind: str, key: Any, future: Future[Any]) -> None:
-        """On Dask's callback thread: fetch a finished future's result or error without
-        ever blocking the driver thread.
+        """On Dask's callback thread: fetch without blocking; the driver thread handles it."""
+        fetch_later(self.client, partial(self._put_fetched, kind, key, future), future)
 
-        The fetch runs on the client's event loop, concurrently with others: the driver does
-        not wait a network round trip per task (that wait was most of the dispatch overhead
-        of a warm task), nor forever for a result that died with its worker (Dask then
-        reschedules the key, and a worker-restricted key never runs again; the driver
-        cancels it when it sees the worker go).
-        """
-        if future.status == "cancelled":
-            self._put(kind, (key, future, None))
-            return
-        loop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
-        fetching = asyncio.run_coroutine_threadsafe(
-            self.client.gather(future, asynchronous=True), loop
-        )
-        fetching.add_done_callback(lambda fetched: self._put(kind, (key, future, fetched)))
+    def _put_fetched(
+        self, kind: str, key: Any, future: Future[Any], fetched: concurrent.futures.Future[Any]
+    ) -> None:
+        self._put(kind, (key, future, fetched))
 
     def _task_done(
         self,
@@ -267,14 +269,7 @@ class Driver:
         del self._futures[task]
         error = error_of(fetched)
         if fetched is not None and not fetched.cancelled() and error is None:
-            report: TaskReport = fetched.result()
-            self.stats.tasks += 1
-            self.stats.tokens += report.tokens
-            self.stats.infer_seconds += report.infer_seconds
-            self._accept(
-                [self._outcome(item_id, value) for item_id, value in report.outcomes], task
-            )
-            self._handle(TaskFinished(task, report.unfinished))
+            self._report(task, fetched.result())
             return
         # The task raised, or its report was lost (or cancelled by Dask) with its worker.
         evicted = (
@@ -284,7 +279,27 @@ class Driver:
         )
         described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
         self.journal.end_attempts(task, "evicted" if evicted else "failed")
+        self.ledger.lost(task, self._now())
         self._handle(TaskFailed(task, described, evicted))
+
+    def _report(self, task: str, report: TaskReport) -> None:
+        self.stats.tasks += 1
+        self.stats.tokens += report.tokens
+        self.stats.infer_seconds += report.infer_seconds
+        self.stats.oom_splits += report.oom_splits
+        records = [self.outcomes.record(item_id, value) for item_id, value in report.outcomes]
+        kept = self.outcomes.accept(records, task)
+        self.ledger.reported(
+            task,
+            self._now(),
+            report.infer_seconds,
+            kept,
+            len(records),
+            report.failed_seconds,
+        )
+        self._handle(
+            TaskFinished(task, report.unfinished, report.failed, report.error, report.restart)
+        )
 
     def _current_workers(self) -> set[str]:
         return set(self.client.scheduler_info()["workers"])
@@ -307,6 +322,7 @@ class Driver:
     def _record_load(self, worker: str, context: str, seconds: float) -> None:
         self.stats.context_loads += 1
         self.stats.load_seconds += seconds
+        self.ledger.loaded(worker, seconds, self._now())
         self.journal.record_context_load(worker, context, seconds)
 
     # -- decisions out ---------------------------------------------------------------
@@ -315,35 +331,21 @@ class Driver:
         match decision:
             case RunTask(task=task, worker=worker, items=ids):
                 # An item whose outcome arrived meanwhile (a late copy) has left the window.
-                items = [Item(i, self._window[i].data) for i in ids if i in self._window]
+                window = self.outcomes.window
+                items = [Item(i, window[i].data) for i in ids if i in window]
                 if not items:
                     self._handle(TaskFinished(task))
                     return
                 self.journal.start_attempts(task, worker, ids)
-                future = self.client.submit(
-                    run_task,
-                    self.job.context,
-                    self.job.function,
-                    dict(self.job.options),
-                    items,
-                    key=f"pervade-{self._run}-{task}",
-                    workers=[worker],
-                    allow_other_workers=False,
-                    pure=False,
-                    retries=0,
+                self.ledger.started(task, worker, self._now())
+                future = submit_task(
+                    self.client, self.job, f"pervade-{self._run}-{task}", worker, items
                 )
                 self._futures[task] = future
                 future.add_done_callback(partial(self._fetch, "task", task))
             case LoadContext(worker=worker, context=context):
-                loading: Future[float] = self.client.submit(
-                    load_context,
-                    self.job.context,
-                    key=f"pervade-{self._run}-load-{context[:12]}-{secrets.token_hex(3)}",
-                    workers=[worker],
-                    allow_other_workers=False,
-                    pure=False,
-                    retries=0,
-                )
+                key = f"pervade-{self._run}-load-{context[:12]}-{secrets.token_hex(3)}"
+                loading = submit_load(self.client, self.job, key, worker)
                 self._loads[(worker, context)] = loading
                 loading.add_done_callback(partial(self._fetch, "load", (worker, context)))
             case CancelTask(task=task):
@@ -354,42 +356,29 @@ class Driver:
                 self.stats.requeued += len(ids)
                 self.journal.end_attempts(task, reason, ids)
             case FailItems(items=ids, error=error):
-                self._accept(
+                self.outcomes.accept(
                     [(i, Outcome.ERROR, {"id": i, "error": error, "stage": "task"}) for i in ids]
                 )
+            case RestartWorker(worker=worker, reason=reason):
+                self._restart(worker, reason)
             case Abort(reason=reason):
                 detail = f"; last error: {self._last_load_error}" if self._last_load_error else ""
                 raise RunAborted(reason + detail)
 
-    # -- outcomes --------------------------------------------------------------------
+    def _restart(self, worker: str, reason: str) -> None:
+        """Ask the worker's nanny for a new process, on a thread of its own so the driver
+        goes on meanwhile. A worker that cannot be restarted (it has no nanny) is retired
+        instead: its process is unusable."""
 
-    def _outcome(self, item_id: str, value: Any) -> tuple[str, Outcome, dict[str, Any]]:
-        if isinstance(value, ItemError):
-            record: dict[str, Any] = {"id": item_id, "error": value.message, "stage": "item"}
-            if value.field:
-                record["field"] = value.field
-            entry = self._window.get(item_id)
-            if entry is not None:
-                record["line"] = entry.line
-            return item_id, Outcome.ERROR, record
-        body = dict(value) if isinstance(value, dict) else {"value": value}
-        body = {"id": item_id, **{k: v for k, v in body.items() if k != "id"}}
-        try:
-            json.dumps(body)
-        except (TypeError, ValueError) as exc:
-            message = f"{self.job.function_name} returned a value that is not JSON: {exc}"
-            return item_id, Outcome.ERROR, {"id": item_id, "error": message, "stage": "item"}
-        return item_id, Outcome.RESULT, body
+        def restart() -> None:
+            try:
+                status = self.client.restart_workers([worker], raise_for_error=False)
+                if status.get(worker) == "OK":
+                    return
+            except Exception as exc:  # the worker may be gone already
+                logger.warning("pervade: restarting %s failed: %r", worker, exc)
+            with contextlib.suppress(Exception):
+                self.client.retire_workers([worker], close_workers=True)
 
-    def _accept(
-        self, outcomes: list[tuple[str, Outcome, dict[str, Any]]], task: str | None = None
-    ) -> None:
-        accepted = self.journal.accept(outcomes, task)
-        self.sink.write(accepted)
-        for outcome in accepted:
-            if outcome.kind is Outcome.RESULT:
-                self.stats.results += 1
-            else:
-                self.stats.errors += 1
-            self._window.pop(outcome.item_id, None)
-        self._accepted.extend(accepted)
+        logger.warning("pervade: restarting worker %s: %s", worker, reason)
+        threading.Thread(target=restart, name="pervade-restart", daemon=True).start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from pervade.core.accounting import Goodput
+
 
 @dataclass
 class RunStats:
@@ -24,8 +26,30 @@ class RunStats:
     graceful_evictions: int = 0
     requeued_evicted: int = 0  # item attempts lost with workers that left without notice
     requeued_graceful: int = 0  # items handed back unstarted by draining workers
+    restarts: int = 0  # worker processes replaced after their device became unusable
+    oom_splits: int = 0  # batches halved because the device ran out of memory
+    rerun_items: int = 0  # items whose work was lost at least once and ran again
+    goodput: Goodput = field(default_factory=Goodput)
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
+
+    def accounts(self) -> dict[str, float]:
+        """What churn cost this run, as the journal keeps it."""
+        goodput = self.goodput
+        return {
+            "results": self.results,
+            "errors": self.errors,
+            "hard_evictions": self.hard_evictions,
+            "graceful_evictions": self.graceful_evictions,
+            "restarts": self.restarts,
+            "rerun_items": self.rerun_items,
+            "worker_seconds": round(goodput.worker_seconds, 3),
+            "useful_seconds": round(goodput.useful, 3),
+            "loading_seconds": round(goodput.loading, 3),
+            "lost_seconds": round(goodput.lost, 3),
+            "idle_seconds": round(goodput.idle, 3),
+            "goodput": round(goodput.share, 4),
+        }
 
     @property
     def done(self) -> int:

@@ -4,31 +4,78 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pervade.core.context import ContextSpec
 from pervade.core.items import Item, TaskOutputs
+from pervade.worker.faults import Fault, classify, describe, release_memory
 from pervade.worker.imports import resolve_import
 from pervade.worker.plugin import context_host
 
 
 @dataclass(frozen=True, slots=True)
 class TaskReport:
-    """What a task sends back: one outcome per item it ran, in the items' order, and the
-    ids it handed back unrun because its worker is draining."""
+    """What a task sends back: one outcome per item it ran, in the items' order; the ids it
+    handed back unrun (its worker is draining, or its context broke); and the ids whose
+    batch raised `error`, for the dispatcher to isolate the culprit."""
 
     outcomes: tuple[tuple[str, Any], ...]  # (item id, value or ItemError)
     load_seconds: float  # spent building the context for this task (0 when it was warm)
-    infer_seconds: float
+    infer_seconds: float  # in batches that returned
     tokens: int
     unfinished: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    error: str = ""
+    failed_seconds: float = 0.0  # in batches that raised
+    restart: bool = False  # this process cannot use its device any more
+    oom_splits: int = 0
 
 
 # A task runs its batch function on slices of about a quarter of its items (at least this
-# many), so a worker told to leave can stop between slices and report what is done.
+# many), so a worker told to leave can stop between slices and report what is done, and a
+# slice that raises costs only itself.
 MIN_SLICE = 8
 SLICES = 4
+
+
+@dataclass
+class _Run:
+    function: Callable[..., Any]
+    options: dict[str, Any]
+    outcomes: list[tuple[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    infer_seconds: float = 0.0
+    failed_seconds: float = 0.0
+    oom_splits: int = 0
+
+    def slice(self, value: Any, part: Sequence[Item]) -> None:
+        """Run `part`; out of memory, run its halves, down to one item (which then raises)."""
+        began = time.perf_counter()
+        try:
+            returned = self.function(value, list(part), **self.options)
+        except Exception as exc:
+            self.failed_seconds += time.perf_counter() - began
+            if classify(exc) is not Fault.MEMORY or len(part) == 1:
+                raise
+            self.oom_splits += 1
+            release_memory()
+            half = len(part) // 2
+            self.slice(value, part[:half])
+            self.slice(value, part[half:])
+            return
+        self.infer_seconds += time.perf_counter() - began
+        if isinstance(returned, TaskOutputs):
+            self.tokens += returned.tokens
+            returned = returned.values
+        values = list(returned)
+        if len(values) != len(part):
+            name = getattr(self.function, "__qualname__", repr(self.function))
+            raise ValueError(
+                f"{name} returned {len(values)} values for {len(part)} items; "
+                "it must return one value (or ItemError) per item, in order"
+            )
+        self.outcomes += [(item.id, v) for item, v in zip(part, values, strict=True)]
 
 
 def run_task(
@@ -41,31 +88,44 @@ def run_task(
     if host.draining.is_set():
         return TaskReport((), 0.0, 0.0, 0, tuple(item.id for item in items))
     batch_function = resolve_import(function) if isinstance(function, str) else function
+    run = _Run(batch_function, dict(options))
     size = max(MIN_SLICE, -(-len(items) // SLICES))
-    outcomes: list[tuple[str, Any]] = []
-    tokens = 0
-    infer_seconds = 0.0
+    failed: list[str] = []
+    error = ""
+    fault: Fault | None = None
+    stopped_at = len(items)
     with host.use(spec) as (value, load_seconds):
         for start in range(0, len(items), size):
             if start and host.draining.is_set():
+                stopped_at = start
                 break
             part = items[start : start + size]
-            began = time.perf_counter()
-            returned = batch_function(value, list(part), **dict(options))
-            infer_seconds += time.perf_counter() - began
-            if isinstance(returned, TaskOutputs):
-                tokens += returned.tokens
-                returned = returned.values
-            values = list(returned)
-            if len(values) != len(part):
-                name = getattr(batch_function, "__qualname__", function)
-                raise ValueError(
-                    f"{name} returned {len(values)} values for {len(part)} items; "
-                    "it must return one value (or ItemError) per item, in order"
-                )
-            outcomes += [(item.id, v) for item, v in zip(part, values, strict=True)]
-    unfinished = tuple(item.id for item in items[len(outcomes) :])
-    return TaskReport(tuple(outcomes), load_seconds, infer_seconds, tokens, unfinished)
+            try:
+                run.slice(value, part)
+            except Exception as exc:
+                done = {item_id for item_id, _ in run.outcomes}
+                failed += [item.id for item in part if item.id not in done]
+                error = describe(exc)
+                fault = classify(exc)
+                if fault in (Fault.CONTEXT, Fault.PROCESS):
+                    stopped_at = start + len(part)  # a broken context runs nothing more
+                    break
+                # Something in this slice raised: the other slices still run.
+    if fault in (Fault.CONTEXT, Fault.PROCESS):
+        host.drop(spec.id)
+        release_memory()
+    return TaskReport(
+        tuple(run.outcomes),
+        load_seconds,
+        run.infer_seconds,
+        run.tokens,
+        unfinished=tuple(item.id for item in items[stopped_at:]),
+        failed=tuple(failed),
+        error=error,
+        failed_seconds=run.failed_seconds,
+        restart=fault is Fault.PROCESS,
+        oom_splits=run.oom_splits,
+    )
 
 
 def load_context(spec: ContextSpec) -> float:

@@ -1,0 +1,115 @@
+"""Goodput: where the workers' time went, from what the dispatcher side observes.
+
+Every second a worker is in the pool is one of:
+- useful: running the batch function on items whose outcomes were accepted;
+- loading: building contexts (importing, reading weights, moving them to the device);
+- lost: work that produced nothing kept: tasks that died with their worker or process,
+  slices that raised, duplicates of outcomes accepted from elsewhere;
+- idle: the rest: waiting for work or for a context, dispatch gaps, starting, draining.
+
+A lost task is charged from the later of its start and its worker's last report (the worker
+runs one task at a time, so that is when it began on the lost work) to the moment the loss
+was seen. Pure: times are passed in, so the simulator keeps the same books.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Goodput:
+    worker_seconds: float = 0.0
+    useful: float = 0.0
+    loading: float = 0.0
+    lost: float = 0.0
+
+    @property
+    def idle(self) -> float:
+        return max(0.0, self.worker_seconds - self.useful - self.loading - self.lost)
+
+    @property
+    def share(self) -> float:
+        """Useful time over all worker time (0 before any worker joined)."""
+        return self.useful / self.worker_seconds if self.worker_seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _Presence:
+    joined: float
+    accounted_until: float  # the end of the last work whose time was already booked
+    tasks: dict[str, float] = field(default_factory=dict)  # in flight: task -> start
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._present: dict[str, _Presence] = {}
+        self._task_worker: dict[str, str] = {}
+        self._closed_seconds = 0.0  # presence of workers that have left
+        self._useful = 0.0
+        self._loading = 0.0
+        self._lost = 0.0
+
+    def joined(self, worker: str, now: float) -> None:
+        self._present.setdefault(worker, _Presence(now, now))
+
+    def left(self, worker: str, now: float) -> None:
+        presence = self._present.pop(worker, None)
+        if presence is None:
+            return
+        self._lose_in_flight(presence, now)
+        for task in presence.tasks:
+            self._task_worker.pop(task, None)
+        self._closed_seconds += now - presence.joined
+
+    def started(self, task: str, worker: str, now: float) -> None:
+        presence = self._present.get(worker)
+        if presence is not None:
+            presence.tasks[task] = now
+            self._task_worker[task] = worker
+
+    def loaded(self, worker: str, seconds: float, now: float) -> None:
+        """A context build of `seconds` finished on `worker` (ahead of tasks or inside one)."""
+        self._loading += seconds
+        presence = self._present.get(worker)
+        if presence is not None:
+            presence.accounted_until = max(presence.accounted_until, now)
+
+    def reported(
+        self, task: str, now: float, ran_seconds: float, kept: int, ran: int, failed_seconds: float
+    ) -> None:
+        """A task reported: it ran items for `ran_seconds`, of which `kept` of `ran` outcomes
+        were accepted (the rest were duplicates), and spent `failed_seconds` on slices that
+        raised."""
+        share = kept / ran if ran else 0.0
+        self._useful += ran_seconds * share
+        self._lost += ran_seconds * (1.0 - share) + failed_seconds
+        presence = self._finish(task)
+        if presence is not None:
+            presence.accounted_until = max(presence.accounted_until, now)
+
+    def lost(self, task: str, now: float) -> None:
+        """A task produced nothing (its worker died under it, or the whole task raised)."""
+        worker = self._task_worker.get(task)
+        presence = self._present.get(worker) if worker else None
+        if presence is not None and task in presence.tasks:
+            began = max(presence.tasks[task], presence.accounted_until)
+            self._lost += max(0.0, now - began)
+            presence.accounted_until = max(presence.accounted_until, now)
+        self._finish(task)
+
+    def _finish(self, task: str) -> _Presence | None:
+        worker = self._task_worker.pop(task, None)
+        presence = self._present.get(worker) if worker else None
+        if presence is not None:
+            presence.tasks.pop(task, None)
+        return presence
+
+    def _lose_in_flight(self, presence: _Presence, now: float) -> None:
+        if presence.tasks:
+            began = max(min(presence.tasks.values()), presence.accounted_until)
+            self._lost += max(0.0, now - began)
+
+    def snapshot(self, now: float) -> Goodput:
+        present = sum(now - p.joined for p in self._present.values())
+        return Goodput(self._closed_seconds + present, self._useful, self._loading, self._lost)

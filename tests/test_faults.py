@@ -1,0 +1,114 @@
+"""Faults inside a task on a real LocalCluster: a broken context is rebuilt, a process whose
+device is unusable is replaced, an out-of-memory batch is split; every item still ends with
+exactly one outcome and no innocent item is charged."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client, LocalCluster
+
+import pervade
+from pervade import DispatchConfig
+from pervade.runtime.stats import RunStats
+from tests.helpers import workloads
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+ITEMS = 96
+TASKS_OF_8 = DispatchConfig(min_task_items=8, max_task_items=8)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        c.wait_for_workers(2)
+        yield c
+
+
+def _run(
+    client: Client, function: Any, options: dict[str, Any], records: list[dict[str, Any]]
+) -> tuple[dict[str, pervade.Result], RunStats]:
+    context = pervade.context(workloads.process_context, args={"tag": os.urandom(4).hex()})
+    items = [(f"f{r['n']:03d}", r) for r in records]
+    seen: Counter[str] = Counter()
+    results: dict[str, pervade.Result] = {}
+    stats: list[RunStats] = []
+    for result in pervade.map(
+        function,
+        items,
+        context=context,
+        options=options,
+        client=client,
+        dispatch=TASKS_OF_8,
+        observer=stats.append,
+    ):
+        seen[result.id] += 1
+        results[result.id] = result
+    assert set(seen.values()) == {1}, "an item was accepted twice"
+    assert set(results) == {i for i, _ in items}, "an item was lost"
+    return results, stats[-1]
+
+
+def _records() -> list[dict[str, Any]]:
+    return [{"n": n} for n in range(ITEMS)]
+
+
+def test_a_broken_context_is_built_again_and_its_items_rerun(
+    client: Client, tmp_path: Path
+) -> None:
+    options = {"marker_dir": str(tmp_path), "error": "context"}
+    results, stats = _run(client, workloads.breaks_context_once, options, _records())
+    assert all(r.ok for r in results.values()), "a broken context must not fail items"
+    assert (tmp_path / "context").exists(), "the fault was injected"
+    builds = Counter(
+        pid for pid, _ in {(r.value["pid"], r.value["build"]) for r in results.values()}
+    )
+    assert max(builds.values()) == 2, "one worker built its context again in the same process"
+    assert stats.restarts == 0 and stats.errors == 0
+
+
+def test_a_device_error_replaces_the_worker_process(client: Client, tmp_path: Path) -> None:
+    before = set(client.run(os.getpid).values())
+    options = {"marker_dir": str(tmp_path), "error": "device"}
+    results, stats = _run(client, workloads.breaks_context_once, options, _records())
+    assert all(r.ok for r in results.values())
+    assert stats.restarts == 1, "the worker whose device broke got a new process"
+    assert stats.hard_evictions == 0, "a restart is not an eviction"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the restart goes on after the run has ended
+        after = set(client.run(os.getpid).values())
+        if len(after) == 2 and after != before:
+            break
+        time.sleep(0.5)
+    assert len(before - after) == 1, "exactly one worker process was replaced"
+
+
+def test_out_of_memory_once_splits_the_batch_without_rebuilding(
+    client: Client, tmp_path: Path
+) -> None:
+    options = {"marker_dir": str(tmp_path), "error": "memory"}
+    results, stats = _run(client, workloads.breaks_context_once, options, _records())
+    assert all(r.ok for r in results.values())
+    assert stats.oom_splits == 1
+    builds = {(r.value["pid"], r.value["build"]) for r in results.values()}
+    assert len(builds) == len({pid for pid, _ in builds}), "memory errors keep the context"
+
+
+def test_batches_too_big_for_memory_are_split_down_to_what_fits(client: Client) -> None:
+    records = _records()
+    records[17]["huge"] = True  # does not fit even alone
+    results, stats = _run(client, workloads.memory_bound, {"fits": 3}, records)
+    failed = {i for i, r in results.items() if not r.ok}
+    assert failed == {"f017"}, "only the item that cannot fit fails"
+    assert "out of memory" in (results["f017"].error or "")
+    assert all(r.value["batch"] <= 3 for i, r in results.items() if i != "f017")
+    assert stats.oom_splits > 0
