@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 
 import torch
 
+# Imported with the module, not at the first load: a worker process forked from a server that
+# has imported this module (the local cluster's forkserver) then builds a context in about a
+# second instead of paying several seconds of imports after every restart.
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import PreTrainedTokenizerFast as _FastTokenizers  # noqa: F401  (same reason)
+from transformers.utils import logging as hf_logging
+
 from pervade.core.items import ItemError
 from pervade.engines.device import pick_device, pick_dtype
 from pervade.engines.protocol import Choice, Generation
@@ -37,8 +44,6 @@ def load_engine(
     the driver's terminal from every worker.
     """
     if quiet:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
     return HFEngine.load(
@@ -81,8 +86,6 @@ class HFEngine:
         max_batch_tokens: int = 16384,
         threads: int | None = None,
     ) -> HFEngine:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
         if threads is not None:
