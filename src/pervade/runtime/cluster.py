@@ -1,4 +1,5 @@
-"""Connect to a Dask cluster: an existing scheduler, or the embedded local default."""
+"""Connect to a Dask cluster: an existing scheduler, worker jobs of a batch system, or the
+embedded local default."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import dask
 from distributed import Client, LocalCluster
 
 from pervade.core.churn import ChurnRate
+from pervade.runtime.batch import LOST_WORKER_TIMEOUT, BatchConfig, SlurmJobKeeper, slurm_cluster
 from pervade.runtime.churn import ChurnHarness
+from pervade.worker.nanny import NannyDrainPlugin
 
 
 def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]:
@@ -29,7 +32,7 @@ def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]
     }
 
 
-__all__ = ["WORKER_TTL", "Client", "connect", "worker_environment"]
+__all__ = ["WORKER_TTL", "Client", "connect", "register_nanny_drain", "worker_environment"]
 
 WORKER_TTL = "25s"
 
@@ -42,14 +45,24 @@ def connect(
     timeout: float = 30.0,
     churn: ChurnRate | None = None,
     grace_seconds: float = 60.0,
+    batch: BatchConfig | None = None,
 ) -> Iterator[Client]:
-    """A client of `scheduler`, or of a local cluster of `workers` processes that `churn`
-    (local only) evicts and replaces while the caller runs."""
+    """A client of `scheduler`, of worker jobs of a batch system (`batch`), or of a local
+    cluster of `workers` processes that `churn` (local only) evicts and replaces while the
+    caller runs."""
+    if (scheduler or batch) and churn is not None:
+        raise ValueError("the churn harness drives a local cluster only")
+    if scheduler and batch:
+        raise ValueError("a batch cluster brings its own scheduler: drop --scheduler")
+    if batch is not None:
+        with _batch_client(batch, dashboard, timeout) as client:
+            yield client
+        return
     if scheduler:
-        if churn is not None:
-            raise ValueError("the churn harness drives a local cluster only, not --scheduler")
         client = Client(scheduler, timeout=f"{timeout}s")
         try:
+            # Its workers may be `dask worker` processes under a batch system.
+            register_nanny_drain(client, grace_seconds)
             yield client
         finally:
             client.close()
@@ -80,4 +93,37 @@ def connect(
                     yield client
         finally:
             client.close()
+            cluster.close()
+
+
+def register_nanny_drain(client: Client, grace_seconds: float) -> None:
+    """Make SIGTERM to the nanny of a `dask worker` process drain its worker (see
+    pervade.worker.nanny); nannies of a LocalCluster leave it unused."""
+    client.register_plugin(NannyDrainPlugin(grace_seconds))
+
+
+@contextmanager
+def _batch_client(batch: BatchConfig, dashboard: bool, timeout: float) -> Iterator[Client]:
+    settings = {
+        "distributed.scheduler.worker-ttl": WORKER_TTL,
+        # A requeued job's worker comes back under its old name; Dask's 15 s would have
+        # cancelled the job by then.
+        "distributed.deploy.lost-worker-timeout": LOST_WORKER_TIMEOUT,
+    }
+    # The settings are read while the cluster runs (a worker lost, a heartbeat missed),
+    # so they stay set until it is closed.
+    with dask.config.set(settings):
+        cluster = slurm_cluster(batch, dashboard)
+        keeper = SlurmJobKeeper(cluster, batch.jobs)
+        try:
+            client = Client(cluster, timeout=f"{timeout}s")
+            try:
+                register_nanny_drain(client, batch.grace_seconds)
+                cluster.scale(jobs=batch.jobs)
+                keeper.start()
+                yield client
+            finally:
+                keeper.stop()
+                client.close()
+        finally:
             cluster.close()
