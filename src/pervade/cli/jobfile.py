@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pervade.core.churn import ChurnRate
+from pervade.core.availability import Churn
 from pervade.core.config import ConfigError, DispatchConfig
 from pervade.runtime.inputs import Parser, RecordError
 
@@ -101,7 +101,7 @@ class ClusterPlan:
     workers: int
     scheduler: str | None
     dashboard: bool
-    churn: ChurnRate | None = None
+    churn: Churn | None = None
     grace_seconds: float = 60.0
 
 

@@ -21,7 +21,6 @@ from pervade.cli.jobfile import (
     resolve_path,
     typed,
 )
-from pervade.core.churn import parse_churn
 from pervade.core.config import ConfigError, DispatchConfig
 from pervade.core.context import ContextSpec
 from pervade.engines.bundled import BundledModelError, cache_dir, resolve_model
@@ -29,6 +28,7 @@ from pervade.runtime.artifacts import artifact
 from pervade.runtime.inputs import Parser
 from pervade.runtime.job import Job
 from pervade.runtime.output import errors_path_for
+from pervade.traces import load_churn
 from pervade.worker.imports import ImportPathError, resolve_import
 
 APPS = ("fact-verification",)
@@ -170,7 +170,7 @@ def _cluster(section: dict[str, Any]) -> ClusterPlan:
         raise ConfigError(f"cluster.workers must be at least 1, got {workers}")
     scheduler = typed(section, "scheduler", str, None, "cluster") or None
     churn_text = typed(section, "churn", str, None, "cluster")
-    churn = parse_churn(churn_text) if churn_text else None
+    churn = load_churn(churn_text, workers) if churn_text else None
     if churn is not None and scheduler is not None:
         raise ConfigError("cluster.churn drives a local cluster only; drop it or the scheduler")
     grace = typed(section, "grace", float, 60.0, "cluster")

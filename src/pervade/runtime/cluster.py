@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import dask
 from distributed import Client, LocalCluster
 
-from pervade.core.churn import ChurnRate
+from pervade.core.availability import Churn
 from pervade.runtime.batch import LOST_WORKER_TIMEOUT, BatchConfig, SlurmJobKeeper, slurm_cluster
 from pervade.runtime.churn import ChurnHarness
 from pervade.worker.nanny import NannyDrainPlugin
@@ -43,7 +43,7 @@ def connect(
     workers: int = 2,
     dashboard: bool = False,
     timeout: float = 30.0,
-    churn: ChurnRate | None = None,
+    churn: Churn | None = None,
     grace_seconds: float = 60.0,
     batch: BatchConfig | None = None,
 ) -> Iterator[Client]:
