@@ -1,20 +1,26 @@
 """The bundled job under churn: what evictions cost on the local cluster.
 
     .venv/bin/python bench/churn.py [--items 360] [--rates 0,60,30] [--graceful 0.5]
+        [--trace trace:bamboo-p3,start=2h,fit=120,seed=1 ...]
 
 For each mean time between evictions per worker (0 = no churn) the bundled fact-verification
 job runs on a fresh local cluster of 2 workers while the churn harness evicts and replaces
-workers (half of them gracefully by default, seed 1). Printed per run: wall time and its
-ratio to the run without churn, evictions, item attempts lost to evictions without notice,
+workers (half of them gracefully by default, seed 1); then, for each `--trace` spec (the
+`--churn trace:...` syntax of the README), on a pool that follows that availability trace
+scaled to 2 workers. Printed per run: wall time and its ratio to the first run (the run
+without churn by default), evictions, item attempts lost to evictions without notice,
 unstarted items handed back by draining workers, items that ran more than once (a started
-attempt lost with a worker, then run again), and goodput
-(inference seconds of accepted results over the pool's worker-seconds).
+attempt lost with a worker, then run again), and goodput (inference seconds of accepted
+results over the pool's worker-seconds: 2 × wall without churn, and the pool's measured
+size over the run under churn, since a trace's pool grows and shrinks).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sqlite3
 import sys
 import tempfile
@@ -22,16 +28,19 @@ import time
 from pathlib import Path
 
 from pervade.cli.plan import build_plan
+from pervade.core.availability import Churn
 from pervade.core.churn import ChurnRate
+from pervade.runtime.churn import ChurnHarness
 from pervade.runtime.cluster import connect
 from pervade.runtime.session import run_job
+from pervade.traces import load_churn
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "examples" / "fact_verification.toml"
 WORKERS = 2
 
 
-def run_once(items: int, mtbe: float, graceful: float, folder: Path) -> dict[str, float]:
+def run_once(items: int, churn: Churn | None, folder: Path) -> dict[str, float]:
     source = folder / "claims.jsonl"
     bundled = (ROOT / "src/pervade/apps/fact_verification/data/claims.jsonl").read_text()
     source.write_text("".join(bundled.splitlines(keepends=True)[:items]))
@@ -44,14 +53,19 @@ def run_once(items: int, mtbe: float, graceful: float, folder: Path) -> dict[str
         "cluster": {"workers": WORKERS},
     }
     plan = build_plan(sections, folder, lambda _text: None)
-    churn = ChurnRate(mtbe, graceful, rejoin_seconds=5.0, seed=1) if mtbe else None
-    with connect(None, WORKERS, churn=churn) as client:
-        client.wait_for_workers(WORKERS)
-        started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(connect(None, WORKERS))
+        harness = None
+        if churn is not None:
+            harness = stack.enter_context(ChurnHarness(client.cluster, client, churn, WORKERS))
+        # A trace may start with fewer workers than the cluster's size, or none.
+        client.wait_for_workers(WORKERS if harness is None else _initial(harness))
+        started, pool_before = time.perf_counter(), _pool_seconds(harness)
         stats = run_job(
             client, plan.job, plan.input, plan.parse, plan.output, plan.errors, plan.journal
         )
         wall = time.perf_counter() - started
+        pool = _pool_seconds(harness) - pool_before if harness else WORKERS * wall
     with sqlite3.connect(plan.journal) as db:
         per_item = db.execute(
             "SELECT COUNT(*) FROM (SELECT item_id FROM attempts WHERE outcome IN "
@@ -66,8 +80,16 @@ def run_once(items: int, mtbe: float, graceful: float, folder: Path) -> dict[str
         "lost": stats.requeued_evicted,
         "handed_back": stats.requeued_graceful,
         "rerun_items": per_item,
-        "goodput": stats.infer_seconds / (WORKERS * wall),
+        "goodput": stats.infer_seconds / pool if pool > 0 else 0.0,
     }
+
+
+def _initial(harness: ChurnHarness) -> int:
+    return harness.trace.initial if harness.trace is not None else harness.workers
+
+
+def _pool_seconds(harness: ChurnHarness | None) -> float:
+    return harness.worker_seconds if harness is not None else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,22 +97,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=360)
     parser.add_argument("--rates", default="0,60,30", help="mean seconds between evictions")
     parser.add_argument("--graceful", type=float, default=0.5)
+    parser.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        help="also run on an availability trace: trace:NAME_OR_PATH[,start=..][,fit=..]...",
+    )
     args = parser.parse_args(argv)
+    # Evicted workers make the client's nannies log errors that are expected here.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    runs: list[tuple[str, Churn | None]] = []
+    for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
+        churn = ChurnRate(rate, args.graceful, rejoin_seconds=5.0, seed=1) if rate else None
+        runs.append(("no churn" if not rate else f"{rate:g}", churn))
+    for spec in args.trace:
+        runs.append((spec, load_churn(spec, WORKERS)))  # a bad spec stops before any run
+    if not runs:
+        parser.error("nothing to run: give --rates, --trace or both")
     rows = []
-    for rate in [float(r) for r in args.rates.split(",")]:
+    for label, churn in runs:
         with tempfile.TemporaryDirectory(prefix="pervade-churn-") as scratch:
-            row = run_once(args.items, rate, args.graceful, Path(scratch))
-        rows.append((rate, row))
-        print(f"mtbe {rate:g}: {row['wall']:.1f} s", flush=True)
+            row = run_once(args.items, churn, Path(scratch))
+        rows.append((label, row))
+        print(f"{label}: {row['wall']:.1f} s", flush=True)
     base = rows[0][1]["wall"]
     print()
     print(
-        "| mean s between evictions per worker | wall | × no churn | evictions hard/graceful "
-        "| attempts lost | handed back unstarted | items computed twice | goodput |"
+        "| churn: mean s between evictions per worker, or trace | wall | × first "
+        "| evictions hard/graceful | attempts lost | handed back unstarted "
+        "| items computed twice | goodput |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for rate, r in rows:
-        label = "no churn" if not rate else f"{rate:g}"
+    for label, r in rows:
         print(
             f"| {label} | {r['wall']:.1f} s | {r['wall'] / base:.2f} | "
             f"{r['hard']:.0f}/{r['graceful']:.0f} | {r['lost']:.0f} | {r['handed_back']:.0f} "
