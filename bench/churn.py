@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     runs: list[tuple[str, Churn | None]] = []
     for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
-        churn = ChurnRate(rate, args.graceful, rejoin_seconds=5.0, seed=1) if rate else None
-        runs.append(("no churn" if not rate else f"{rate:g}", churn))
+        poisson = ChurnRate(rate, args.graceful, rejoin_seconds=5.0, seed=1) if rate else None
+        runs.append(("no churn" if not rate else f"{rate:g}", poisson))
     for spec in args.trace:
         runs.append((spec, load_churn(spec, WORKERS)))  # a bad spec stops before any run
     if not runs:
