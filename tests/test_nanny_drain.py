@@ -25,7 +25,8 @@ from tests.helpers import workloads
 from tests.helpers.jobs import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
-ITEMS = 160
+ITEMS = 240
+TASK_ITEMS = 16
 GRACE = 60.0  # pervade's default, which pervade.map gives the worker's EvictionPlugin
 VICTIM = "cli-victim"
 
@@ -66,57 +67,61 @@ def test_sigterm_to_the_nanny_drains_its_worker(
     client, nanny = cluster_and_cli_worker
     register_nanny_drain(client, GRACE)
     victim_pid = _victim_worker_pid(client)
+    victim_log = tmp_path / f"{victim_pid}.log"
+    signalled: list[float] = []
+    exited: list[float] = []
+
+    def strike() -> None:
+        """SIGTERM the nanny once its worker is well inside a task (the workload logs each
+        item it finishes), then note when the process exits."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _mid_task(victim_log, TASK_ITEMS):
+            time.sleep(0.01)
+        os.kill(nanny.pid, signal.SIGTERM)
+        signalled.append(time.monotonic())
+        nanny.wait(timeout=GRACE * 2)
+        exited.append(time.monotonic())
+
+    striker = threading.Thread(target=strike, daemon=True)
+    striker.start()
     context = pervade.context(workloads.process_context, args={"tag": "nanny"})
     items = [(f"n{n:03d}", {"n": n}) for n in range(ITEMS)]
     stats_box: list[RunStats] = []
     results: dict[str, pervade.Result] = {}
     accepted: Counter[str] = Counter()
-    signalled_at = 0.0
-    exited_at: list[float] = []
-
-    def watch_exit() -> None:
-        nanny.wait(timeout=GRACE * 2)
-        exited_at.append(time.monotonic())
-
-    victim_log = tmp_path / f"{victim_pid}.log"
     for result in pervade.map(
         workloads.logged,
         items,
         context=context,
-        options={"log_dir": str(tmp_path), "delay": 0.02},
+        options={"log_dir": str(tmp_path), "delay": 0.03},
         client=client,
-        dispatch=DispatchConfig(min_task_items=16, max_task_items=16),
+        dispatch=DispatchConfig(min_task_items=TASK_ITEMS, max_task_items=TASK_ITEMS),
         observer=stats_box.append,
     ):
         accepted[result.id] += 1
         results[result.id] = result
-        # Mid-task on the victim: it has logged items that are not all a whole task.
-        if not signalled_at and len(results) >= ITEMS // 4 and _mid_task(victim_log, 16):
-            os.kill(nanny.pid, signal.SIGTERM)
-            signalled_at = time.monotonic()
-            threading.Thread(target=watch_exit, daemon=True).start()
-    assert signalled_at, "the run ended before the nanny was signalled"
+    striker.join(timeout=GRACE)
+    assert signalled, "the nanny was never signalled"
     assert set(accepted) == {i for i, _ in items} and set(accepted.values()) == {1}
     assert all(r.ok for r in results.values())
     computed = Counter(line for log in tmp_path.glob("*.log") for line in log.read_text().split())
     assert max(computed.values()) == 1, "a finished item was computed again"
     victim_items = victim_log.read_text().split()
-    assert victim_items and all(results[i].value["pid"] == victim_pid for i in victim_items), (
+    assert len(victim_items) % TASK_ITEMS, "the victim stopped its task at a slice, not its end"
+    assert all(results[i].value["pid"] == victim_pid for i in victim_items), (
         "every item the victim finished, its running task's included, was accepted from it"
     )
     stats = stats_box[-1]
     assert stats.graceful_evictions == 1 and stats.hard_evictions == 0
     assert stats.requeued_evicted == 0
-    deadline = time.monotonic() + GRACE
-    while not exited_at and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert exited_at, f"the dask worker process still runs {GRACE} s after SIGTERM"
-    assert exited_at[0] - signalled_at < GRACE / 3
+    assert exited, f"the dask worker process still runs {GRACE} s after SIGTERM"
+    assert exited[0] - signalled[0] < GRACE / 3
     assert nanny.returncode == 0
     names = [w["name"] for w in client.scheduler_info()["workers"].values()]
     assert VICTIM not in names, "the nanny restarted its drained worker"
 
 
 def _mid_task(log: Path, task_items: int) -> bool:
+    """Some tasks done, and a few items into the next one."""
     done = len(log.read_text().split()) if log.exists() else 0
-    return done > 0 and done % task_items not in (0, task_items - 1)
+    return done > task_items and 3 <= done % task_items <= 6  # inside its first slice
