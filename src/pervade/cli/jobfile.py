@@ -10,6 +10,7 @@ from typing import Any
 
 from pervade.core.availability import Churn
 from pervade.core.config import ConfigError, DispatchConfig
+from pervade.runtime.batch import BatchConfig
 from pervade.runtime.inputs import Parser, RecordError
 
 _KNOWN: dict[str, set[str]] = {
@@ -18,7 +19,8 @@ _KNOWN: dict[str, set[str]] = {
     "app": {"template", "labels"},
     "context": {"loader", "args", "artifacts", "label"},
     "options": set(),  # free-form: passed to the batch function
-    "cluster": {"workers", "scheduler", "dashboard", "churn", "grace"},
+    "cluster": {"workers", "scheduler", "dashboard", "churn", "grace", "kind"}
+    | {"partition", "walltime", "cores", "memory", "gpus", "sbatch"},  # worker jobs
     "dispatch": {f.name for f in fields(DispatchConfig)},
 }
 PACKAGE_PREFIX = "pervade:"
@@ -103,6 +105,7 @@ class ClusterPlan:
     dashboard: bool
     churn: Churn | None = None
     grace_seconds: float = 60.0
+    batch: BatchConfig | None = None  # worker jobs of a batch system instead of local workers
 
 
 ParserFactory = Callable[[], Parser]

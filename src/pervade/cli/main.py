@@ -45,6 +45,13 @@ _OVERRIDES = {
     "scheduler": ("cluster", "scheduler"),
     "churn": ("cluster", "churn"),
     "grace": ("cluster", "grace"),
+    "cluster": ("cluster", "kind"),
+    "partition": ("cluster", "partition"),
+    "walltime": ("cluster", "walltime"),
+    "cores": ("cluster", "cores"),
+    "memory": ("cluster", "memory"),
+    "gpus": ("cluster", "gpus"),
+    "sbatch": ("cluster", "sbatch"),
 }
 
 
@@ -63,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="auto, bfloat16, float16 or float32")
     run.add_argument("--batch-size", type=int, help="prompts per forward pass")
     run.add_argument("--template", help="prompt template file")
-    run.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    run.add_argument(
+        "--workers", type=int, help="worker processes of the local cluster, or worker jobs"
+    )
     run.add_argument("--scheduler", help="address of an existing Dask scheduler to use instead")
     run.add_argument(
         "--churn",
@@ -72,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--grace", type=float, help="seconds a worker has from SIGTERM to its kill (60)"
+    )
+    jobs = run.add_argument_group("worker jobs of a batch system (--cluster slurm)")
+    jobs.add_argument(
+        "--cluster", choices=("local", "slurm"), help="where workers run (default: local)"
+    )
+    jobs.add_argument("--partition", help="Slurm partition of the worker jobs")
+    jobs.add_argument("--walltime", help="time limit of each job, e.g. 04:00:00")
+    jobs.add_argument("--cores", type=int, help="CPU cores per worker job (1)")
+    jobs.add_argument("--memory", help="memory per worker job, e.g. 16GB (4GB)")
+    jobs.add_argument("--gpus", type=int, help="GPUs per worker job (0)")
+    jobs.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="OPTION",
+        help="a further sbatch option for the worker jobs, e.g. --sbatch=--account=lab "
+        "(repeatable)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
@@ -119,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(plan: Plan, console: Console, quiet: bool) -> int:
     where = plan.cluster.scheduler or f"a local Dask cluster of {plan.cluster.workers} workers"
+    if plan.cluster.batch is not None:
+        where = f"{plan.cluster.batch.jobs} Slurm worker jobs"
     console.print(f"Running {plan.job.name} over {plan.input} on {where}", markup=False)
     started = time.monotonic()
     view = ProgressView(sys.stderr, plain_every=0 if quiet else 10.0)
@@ -130,6 +157,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
             plan.cluster.dashboard,
             churn=plan.cluster.churn,
             grace_seconds=plan.cluster.grace_seconds,
+            batch=plan.cluster.batch,
         ) as client:
             if plan.cluster.dashboard:
                 console.print(f"Dashboard: {client.dashboard_link}")

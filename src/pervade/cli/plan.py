@@ -25,6 +25,7 @@ from pervade.core.config import ConfigError, DispatchConfig
 from pervade.core.context import ContextSpec
 from pervade.engines.bundled import BundledModelError, cache_dir, resolve_model
 from pervade.runtime.artifacts import artifact
+from pervade.runtime.batch import BatchConfig
 from pervade.runtime.inputs import Parser
 from pervade.runtime.job import Job
 from pervade.runtime.output import errors_path_for
@@ -176,7 +177,52 @@ def _cluster(section: dict[str, Any]) -> ClusterPlan:
     grace = typed(section, "grace", float, 60.0, "cluster")
     if grace <= 0:
         raise ConfigError(f"cluster.grace must be positive seconds, got {grace}")
-    return ClusterPlan(workers, scheduler, bool(section.get("dashboard", False)), churn, grace)
+    batch = _batch(section, workers, grace)
+    if batch is not None and (scheduler is not None or churn is not None):
+        raise ConfigError(
+            "cluster.kind = 'slurm' brings its own scheduler and workers: "
+            "drop cluster.scheduler and cluster.churn"
+        )
+    dashboard = bool(section.get("dashboard", False))
+    return ClusterPlan(workers, scheduler, dashboard, churn, grace, batch)
+
+
+BATCH_KEYS = ("partition", "walltime", "cores", "memory", "gpus", "sbatch")
+CLUSTER_KINDS = ("local", "slurm")
+
+
+def _batch(section: dict[str, Any], workers: int, grace: float) -> BatchConfig | None:
+    """Worker jobs of Slurm (cluster.kind = "slurm"), or None for the local cluster."""
+    kind = typed(section, "kind", str, "local", "cluster")
+    if kind not in CLUSTER_KINDS:
+        raise ConfigError(f"cluster.kind must be one of {', '.join(CLUSTER_KINDS)}, got {kind!r}")
+    if kind == "local":
+        given = [key for key in BATCH_KEYS if key in section]
+        if given:
+            raise ConfigError(
+                f"cluster.{given[0]} applies to worker jobs: set cluster.kind = 'slurm'"
+            )
+        return None
+    sbatch = section.get("sbatch", [])
+    if isinstance(sbatch, str):
+        sbatch = [sbatch]
+    if not isinstance(sbatch, list) or not all(isinstance(x, str) for x in sbatch):
+        raise ConfigError(f"cluster.sbatch must be a list of sbatch options, got {sbatch!r}")
+    memory = section.get("memory", "4GB")
+    if isinstance(memory, int) and not isinstance(memory, bool):
+        memory = f"{memory}B"
+    if not isinstance(memory, str):
+        raise ConfigError(f"cluster.memory must be an amount like '16GB', got {memory!r}")
+    return BatchConfig(
+        jobs=workers,
+        partition=typed(section, "partition", str, None, "cluster"),
+        walltime=typed(section, "walltime", str, None, "cluster"),
+        cores=typed(section, "cores", int, 1, "cluster"),
+        memory=memory,
+        gpus=typed(section, "gpus", int, 0, "cluster"),
+        directives=tuple(sbatch),
+        grace_seconds=grace,
+    )
 
 
 def _dispatch(section: dict[str, Any]) -> DispatchConfig:

@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,26 +154,33 @@ def slurm_cluster(config: BatchConfig, dashboard: bool = False) -> Any:
     )
 
 
-def htcondor_cluster(config: BatchConfig, disk: str = "10GB", dashboard: bool = False) -> Any:
-    """The HTCondor equivalent: a dask-jobqueue HTCondorCluster for `config`.
+def htcondor_cluster(
+    config: BatchConfig,
+    disk: str = "10GB",
+    submit: Mapping[str, Any] | None = None,
+    dashboard: bool = False,
+) -> Any:
+    """The HTCondor equivalent: a dask-jobqueue HTCondorCluster for `config`, with further
+    submit commands in `submit` (`config.directives` are sbatch options and must be empty).
 
     HTCondor sends `kill_sig` (the soft kill) when it vacates or removes a job and kills it
-    `job_max_vacate_time` seconds later; `request_gpus` asks for the GPUs.
+    `job_max_vacate_time` seconds later; `request_gpus` asks for the GPUs. A vacated job
+    runs again later under its old worker name, as a requeued Slurm job does.
     """
     from dask_jobqueue.htcondor import HTCondorCluster
 
-    directives: dict[str, Any] = {
+    if config.directives:
+        raise ConfigError("sbatch options do not apply to HTCondor: pass submit commands")
+    commands: dict[str, Any] = {
         "RequestCpus": config.cores,  # dask-jobqueue would ask for the worker's threads
         "kill_sig": "SIGTERM",
         "job_max_vacate_time": config.grace_whole_seconds,
         "want_graceful_removal": "true",
     }
     if config.gpus:
-        directives["request_gpus"] = config.gpus
-    for directive in config.directives:
-        key, _, value = directive.lstrip("-").partition("=")
-        directives[key] = value
-    return HTCondorCluster(**_common(config, dashboard), disk=disk, job_extra_directives=directives)
+        commands["request_gpus"] = config.gpus
+    commands.update(submit or {})
+    return HTCondorCluster(**_common(config, dashboard), disk=disk, job_extra_directives=commands)
 
 
 class SlurmJobKeeper:
