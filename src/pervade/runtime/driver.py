@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from distributed import Client, Future
+from distributed import Client, Future, WorkerPlugin
 
 from pervade.core import (
     Abort,
@@ -109,8 +109,8 @@ class Driver:
         """Run to the end, yielding each batch of newly accepted outcomes."""
         self._started = time.monotonic()
         run_started = self.journal.start_run(self._run)
-        self.client.register_plugin(ContextHostPlugin())
-        self.client.register_plugin(EvictionPlugin(self.config.grace_seconds))
+        self._register(ContextHostPlugin())
+        self._register(EvictionPlugin(self.config.grace_seconds))
         self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
         self.client.subscribe_topic(DRAIN_TOPIC, partial(self._put, "drain"))
         finished = self.journal.finished_ids()
@@ -147,6 +147,19 @@ class Driver:
             self.stats.rerun_items = self.journal.rerun_items(since=run_started)
             self._observe()
             self.journal.end_run(self._run, self.stats.accounts())
+
+    def _register(self, plugin: WorkerPlugin, attempts: int = 5) -> None:
+        """Register a worker plugin, again if a worker died while it was sent round: the
+        scheduler keeps it for workers that join later, and registering it again replaces
+        it where it arrived (context hosts survive that)."""
+        for attempt in range(attempts):
+            try:
+                self.client.register_plugin(plugin)
+                return
+            except OSError:  # CommClosedError and the like: a worker went mid-broadcast
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
 
     def _now(self) -> float:
         return time.monotonic() - self._started
