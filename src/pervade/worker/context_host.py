@@ -77,6 +77,10 @@ class ContextHost:
         """Build the context unless it is live; the seconds the build took (0 when live)."""
         entry = self._entry(spec)
         with entry.lock:
+            if entry.state.is_live:
+                # Asked to build what is live: the dispatcher lost track of it (this worker
+                # re-registered after a missed heartbeat, say). Tell it again.
+                self._set(entry, entry.state)
             return self._ensure(entry)
 
     @contextmanager
