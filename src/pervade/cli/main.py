@@ -158,6 +158,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
             churn=plan.cluster.churn,
             grace_seconds=plan.cluster.grace_seconds,
             batch=plan.cluster.batch,
+            preload=plan.job.worker_modules,
         ) as client:
             if plan.cluster.dashboard:
                 console.print(f"Dashboard: {client.dashboard_link}")

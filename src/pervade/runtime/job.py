@@ -36,6 +36,12 @@ class Job:
         module = getattr(self.function, "__module__", "?")
         return f"{module}:{getattr(self.function, '__qualname__', repr(self.function))}"
 
+    @property
+    def worker_modules(self) -> tuple[str, ...]:
+        """Modules every worker imports for this job: its context loader's and function's."""
+        paths = (self.context.loader, self.function_name)
+        return tuple(dict.fromkeys(path.partition(":")[0] for path in paths))
+
     def fingerprint(self, input_name: str) -> str:
         """Identity of the job for its journal: a rerun must be the same job."""
         canonical = json.dumps(
