@@ -9,10 +9,10 @@ workers (half of them gracefully by default, seed 1); then, for each `--trace` s
 `--churn trace:...` syntax of the README), on a pool that follows that availability trace
 scaled to 2 workers. Printed per run: wall time and its ratio to the first run (the run
 without churn by default), evictions, item attempts lost to evictions without notice,
-unstarted items handed back by draining workers, items that ran more than once (a started
-attempt lost with a worker, then run again), and goodput (inference seconds of accepted
-results over the pool's worker-seconds: 2 × wall without churn, and the pool's measured
-size over the run under churn, since a trace's pool grows and shrinks).
+unstarted items handed back by draining workers, items whose work was lost and redone, and
+the run's goodput accounts (the summary's: the share of the workers' time, from each one's
+arrival to its departure, spent on accepted results, loading contexts, lost to re-execution,
+or idle).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import logging
-import sqlite3
 import sys
 import tempfile
 import time
@@ -54,23 +53,17 @@ def run_once(items: int, churn: Churn | None, folder: Path) -> dict[str, float]:
     }
     plan = build_plan(sections, folder, lambda _text: None)
     with contextlib.ExitStack() as stack:
-        client = stack.enter_context(connect(None, WORKERS))
+        client = stack.enter_context(connect(None, WORKERS, preload=plan.job.worker_modules))
         harness = None
         if churn is not None:
             harness = stack.enter_context(ChurnHarness(client.cluster, client, churn, WORKERS))
         # A trace may start with fewer workers than the cluster's size, or none.
         client.wait_for_workers(WORKERS if harness is None else _initial(harness))
-        started, pool_before = time.perf_counter(), _pool_seconds(harness)
+        started = time.perf_counter()
         stats = run_job(
             client, plan.job, plan.input, plan.parse, plan.output, plan.errors, plan.journal
         )
         wall = time.perf_counter() - started
-        pool = _pool_seconds(harness) - pool_before if harness else WORKERS * wall
-    with sqlite3.connect(plan.journal) as db:
-        per_item = db.execute(
-            "SELECT COUNT(*) FROM (SELECT item_id FROM attempts WHERE outcome IN "
-            "('done', 'evicted') GROUP BY item_id HAVING COUNT(*) > 1)"
-        ).fetchone()[0]
     results = [json.loads(line) for line in plan.output.read_text().splitlines()]
     assert len({r["id"] for r in results}) == len(results) == items, "lost or duplicated items"
     return {
@@ -79,17 +72,20 @@ def run_once(items: int, churn: Churn | None, folder: Path) -> dict[str, float]:
         "graceful": stats.graceful_evictions,
         "lost": stats.requeued_evicted,
         "handed_back": stats.requeued_graceful,
-        "rerun_items": per_item,
-        "goodput": stats.infer_seconds / pool if pool > 0 else 0.0,
+        "rerun_items": stats.rerun_items,
+        "goodput": stats.goodput.share,
+        "loading": _share(stats.goodput.loading, stats.goodput.worker_seconds),
+        "lost_time": _share(stats.goodput.lost, stats.goodput.worker_seconds),
+        "idle": _share(stats.goodput.idle, stats.goodput.worker_seconds),
     }
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
 
 
 def _initial(harness: ChurnHarness) -> int:
     return harness.trace.initial if harness.trace is not None else harness.workers
-
-
-def _pool_seconds(harness: ChurnHarness | None) -> float:
-    return harness.worker_seconds if harness is not None else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| churn: mean s between evictions per worker, or trace | wall | × first "
         "| evictions hard/graceful | attempts lost | handed back unstarted "
-        "| items computed twice | goodput |"
+        "| items redone | goodput | loading | lost | idle |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, r in rows:
         print(
             f"| {label} | {r['wall']:.1f} s | {r['wall'] / base:.2f} | "
             f"{r['hard']:.0f}/{r['graceful']:.0f} | {r['lost']:.0f} | {r['handed_back']:.0f} "
-            f"| {r['rerun_items']:.0f} | {100 * r['goodput']:.0f}% |"
+            f"| {r['rerun_items']:.0f} | {100 * r['goodput']:.0f}% | {100 * r['loading']:.0f}% "
+            f"| {100 * r['lost_time']:.0f}% | {100 * r['idle']:.0f}% |"
         )
     return 0
 
