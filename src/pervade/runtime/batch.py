@@ -110,10 +110,13 @@ def worker_prologue(cores: int) -> list[str]:
     The nanny copies its `pre-spawn-environ` into the worker; a variable set in the job's
     environment overrides its value there, and None removes it (Dask sets
     MALLOC_TRIM_THRESHOLD_, which made torch inference in workers nearly twice as slow).
+    The job also inherits the submitting process's environment, where a local Dask nanny
+    may have left that variable: it is unset too.
     """
     threads = " ".join(f"{name}={cores}" for name in _THREAD_VARIABLES)
     return [
         f"export {threads}",
+        "unset MALLOC_TRIM_THRESHOLD_",
         "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\"",
     ]
 
