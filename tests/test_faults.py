@@ -59,7 +59,11 @@ def _run(
 
 
 def _records() -> list[dict[str, Any]]:
-    return [{"n": n} for n in range(ITEMS)]
+    records: list[dict[str, Any]] = [{"n": n} for n in range(ITEMS)]
+    # The longest items run first: n=40, where the faults strike, is in the first task, so
+    # plenty of work follows it on the worker it hit.
+    records[40]["pad"] = "x" * 100
+    return records
 
 
 def test_a_broken_context_is_built_again_and_its_items_rerun(
@@ -69,10 +73,10 @@ def test_a_broken_context_is_built_again_and_its_items_rerun(
     results, stats = _run(client, workloads.breaks_context_once, options, _records())
     assert all(r.ok for r in results.values()), "a broken context must not fail items"
     assert (tmp_path / "context").exists(), "the fault was injected"
-    builds = Counter(
-        pid for pid, _ in {(r.value["pid"], r.value["build"]) for r in results.values()}
-    )
-    assert max(builds.values()) == 2, "one worker built its context again in the same process"
+    # Two first builds and one more, in the process (not restarted) whose task hit the broken
+    # context; the item it was on ran again on the new build.
+    assert stats.context_loads == 3
+    assert results["f040"].value["build"] >= 2
     assert stats.restarts == 0 and stats.errors == 0
 
 
