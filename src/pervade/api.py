@@ -28,7 +28,7 @@ from pervade.engines.bundled import cache_dir, resolve_model
 from pervade.journal import Journal, Outcome
 from pervade.runtime.artifacts import artifact
 from pervade.runtime.cluster import Client, connect
-from pervade.runtime.driver import Driver, Observer
+from pervade.runtime.driver import Driver, DriverConfig, Observer
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
 from pervade.runtime.output import ResultSink, errors_path_for
@@ -146,12 +146,14 @@ def map(
     client: Client | None = None,
     dispatch: DispatchConfig | None = None,
     observer: Observer | None = None,
+    grace_seconds: float = 60.0,
 ) -> Iterator[Result]:
     """Run `function` over `items` under `context`, yielding results as they are accepted.
 
     With a `journal`, a rerun skips items that already have an outcome (they are not
     yielded again; they are in the journal and the output file). Without a `client` or a
     `scheduler`, a local cluster of `workers` processes is started and closed.
+    `grace_seconds` is a worker's time from SIGTERM to its kill, as the batch system gives it.
     """
     job = Job(context, _batch_function(function), dict(options or {}), dispatch or DispatchConfig())
     with ExitStack() as stack:
@@ -163,8 +165,11 @@ def map(
         sink = ResultSink(results, errors_path_for(results), store)
         stack.callback(sink.close)
         if client is None:
-            client = stack.enter_context(connect(scheduler, workers))
-        driver = Driver(client, job, store, sink, RunStats(), observer=observer)
+            client = stack.enter_context(
+                connect(scheduler, workers, grace_seconds=grace_seconds, preload=job.worker_modules)
+            )
+        config = DriverConfig(grace_seconds=grace_seconds)
+        driver = Driver(client, job, store, sink, RunStats(), config, observer)
         for batch in driver.run(_source(items)):
             for accepted in batch:
                 if accepted.kind is Outcome.RESULT:

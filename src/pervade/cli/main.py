@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--churn",
         help="evict and replace local workers while running: "
-        "rate:mtbe=SECONDS[,graceful=SHARE][,rejoin=SECONDS][,seed=N]",
+        "rate:mtbe=SECONDS[,graceful=SHARE][,rejoin=SECONDS][,seed=N], or "
+        "trace:NAME_OR_PATH[,start=..][,fit=..|speed=..][,graceful=..][,seed=N] (see README)",
     )
     run.add_argument(
         "--grace", type=float, help="seconds a worker has from SIGTERM to its kill (60)"
