@@ -83,7 +83,6 @@ class ChurnHarness:
             self._rejoin = 0.0
         self.log: list[ChurnRecord] = []
         self.joins: list[JoinRecord] = []
-        self.worker_seconds = 0.0  # the pool's size integrated over the harness's life
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pervade-churn", daemon=True)
         self._timers: list[threading.Timer] = []
@@ -110,11 +109,8 @@ class ChurnHarness:
 
     def _run(self) -> None:
         started = time.monotonic()
-        before = 0.0
         while not self._stop.wait(_TICK):
             now = time.monotonic() - started
-            self.worker_seconds += len(self.client.scheduler_info()["workers"]) * (now - before)
-            before = now
             while self._pending and self._pending[0].at <= now:
                 action = self._pending.pop(0)
                 if isinstance(action, Join):
