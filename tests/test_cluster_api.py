@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 import pervade
 from pervade import DispatchConfig, Item
 from tests.helpers import workloads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as c,
-    ):
-        c.wait_for_workers(2)
-        yield c
 
 
 def test_context_is_built_once_per_worker_and_reused_by_every_task(client: Client) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 import pervade
 from pervade import DispatchConfig
@@ -22,16 +21,6 @@ from tests.helpers import workloads
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 ITEMS = 96
 TASKS_OF_8 = DispatchConfig(min_task_items=8, max_task_items=8)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as c,
-    ):
-        c.wait_for_workers(2)
-        yield c
 
 
 def _run(
