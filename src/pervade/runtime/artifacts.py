@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from pervade.core.context import Artifact
-
-_CHUNK = 8 << 20
+from pervade.storage.digests import digest_files, hash_file, list_files
 
 
 def _file_digest(path: Path, cache: dict[str, str]) -> str:
@@ -17,11 +15,7 @@ def _file_digest(path: Path, cache: dict[str, str]) -> str:
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     found = cache.get(key)
     if found is None:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        found = cache[key] = digest.hexdigest()
+        found = cache[key] = hash_file(path)
     return found
 
 
@@ -36,17 +30,10 @@ def digest_path(path: Path, cache_file: Path | None = None) -> str:
         except (OSError, ValueError):
             cache = {}
     before = dict(cache)
-    if path.is_file():
-        result = _file_digest(path, cache)
-    else:
-        listing = hashlib.sha256()
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                file = Path(root) / name
-                relative = file.relative_to(path).as_posix()
-                listing.update(f"{relative}\0{_file_digest(file, cache)}\n".encode())
-        result = listing.hexdigest()
+    kind = "file" if path.is_file() else "folder"
+    result = digest_files(
+        kind, ((relative, _file_digest(file, cache)) for relative, file in list_files(path))
+    )
     if cache_file is not None and cache != before:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         scratch = cache_file.with_suffix(f".{os.getpid()}.tmp")
