@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from pervade.core import Artifact, ContextSpec, ContextState
-from pervade.worker.context_host import ContextHost
+from pervade.core.cache_policy import Tier
+from pervade.runtime.artifacts import artifact
+from pervade.storage.cache import ArtifactCache
+from pervade.worker.context_host import ContextHost, LoadInfo
 from pervade.worker.imports import ImportPathError
 from tests.helpers import loaders
 
@@ -22,9 +25,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, ContextState, float | None]] = []
+        self.loads: list[LoadInfo] = []
 
-    def __call__(self, context: str, state: ContextState, seconds: float | None) -> None:
+    def __call__(
+        self, context: str, state: ContextState, seconds: float | None, load: LoadInfo | None
+    ) -> None:
         self.reports.append((context, state, seconds))
+        if load is not None:
+            self.loads.append(load)
 
     @property
     def states(self) -> list[ContextState]:
@@ -220,3 +228,57 @@ def test_concurrent_use_builds_once(host: ContextHost, notes: Recorder, key: str
     assert got["first"][1] > 0.0
     assert got["second"][1] == 0.0
     assert notes.states == [S.FETCHING, S.LOADING, S.WARM, S.BUSY, S.WARM, S.BUSY, S.WARM]
+
+
+# -- artifacts through the disk cache --------------------------------------------------------
+
+
+def test_loads_say_which_tier_their_artifacts_came_from(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w" * 300)
+    cache = ArtifactCache(tmp_path / "cache", margin=0)
+    spec = spec_for("build", key, artifact("model", weights))
+    first = ContextHost(notes, cache=cache)
+    with first.use(spec) as (value, _):
+        local = Path(value["model"])
+        assert local.parent == cache.root / spec.artifacts[0].digest
+        assert local.read_bytes() == b"w" * 300
+    assert notes.loads == [LoadInfo(Tier.ORIGIN, 300, notes.loads[0].fetch_seconds)]
+    # A second process of the node (another host on the same cache) finds it on disk.
+    second = ContextHost(notes, cache=ArtifactCache(cache.root, margin=0))
+    second.load(spec)
+    assert (notes.loads[1].tier, notes.loads[1].bytes) == (Tier.DISK, 0)
+    # No artifacts: no tier.
+    ContextHost(notes, cache=cache).load(spec_for("build", key + "-bare"))
+    assert notes.loads[2] == LoadInfo(None, 0, 0.0)
+
+
+def test_live_contexts_pin_their_artifacts(notes: Recorder, key: str, tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w" * 10)
+    cache = ArtifactCache(tmp_path / "cache", margin=0)
+    spec = spec_for("build", key, artifact("model", weights))
+    host = ContextHost(notes, cache=cache)
+    host.load(spec)
+    assert cache.pinned() == {spec.artifacts[0].digest}
+    host.drop(spec.id)
+    assert cache.pinned() == set()
+    # A build that fails releases its pins too.
+    broken = spec_for("broken", key, artifact("model", weights))
+    with pytest.raises(RuntimeError, match="cannot build"):
+        host.load(broken)
+    assert cache.pinned() == set()
+
+
+def test_digests_that_are_not_sha256_are_read_at_the_origin(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\0")
+    host = ContextHost(notes, cache=ArtifactCache(tmp_path / "cache", margin=0))
+    with host.use(spec_for("build", key, Artifact("model", str(weights), "sha-x"))) as (value, _):
+        assert value["model"] == str(weights)
+    assert notes.loads[0].tier is Tier.ORIGIN
+    assert notes.loads[0].bytes == 0

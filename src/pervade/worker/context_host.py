@@ -10,14 +10,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pervade.core.context import ContextSpec
+from pervade.core.cache_policy import Tier
+from pervade.core.context import Artifact, ContextSpec
 from pervade.core.states import ContextState
+from pervade.storage.cache import ArtifactCache, is_digest
 from pervade.worker.imports import resolve_import
 
-Notify = Callable[[str, ContextState, float | None], None]
+
+@dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """Where a build's artifacts came from: the worst tier among them (None without
+    artifacts), the bytes copied to get them here and the seconds that took."""
+
+    tier: Tier | None
+    bytes: int = 0
+    fetch_seconds: float = 0.0
 
 
-def _ignore(_context: str, _state: ContextState, _seconds: float | None) -> None:
+Notify = Callable[[str, ContextState, float | None, LoadInfo | None], None]
+
+
+def _ignore(
+    _context: str, _state: ContextState, _seconds: float | None, _load: LoadInfo | None
+) -> None:
     return None
 
 
@@ -28,6 +43,7 @@ class _Entry:
     value: Any = None
     load_seconds: float | None = None
     error: str | None = None
+    pins: tuple[str, ...] = ()  # cache entries this context holds from eviction while live
     # One lock per context: it serializes the build and the use, so two tasks never drive
     # one model at once and a second task waits for the first build instead of repeating it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -42,9 +58,16 @@ class ContextHost:
     when tasks are short. `states()` still shows busy.
     """
 
-    def __init__(self, notify: Notify = _ignore, report_use: bool = True) -> None:
+    def __init__(
+        self,
+        notify: Notify = _ignore,
+        report_use: bool = True,
+        cache: ArtifactCache | None = None,
+    ) -> None:
+        """Without a `cache`, artifacts are read where they are (their origin)."""
         self._notify = notify
         self._report_use = report_use
+        self.cache = cache
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
         # Set when this worker has been told it will be evicted: tasks hand back what they
@@ -67,11 +90,16 @@ class ContextHost:
             return entry
 
     def _set(
-        self, entry: _Entry, state: ContextState, seconds: float | None = None, use: bool = False
+        self,
+        entry: _Entry,
+        state: ContextState,
+        seconds: float | None = None,
+        use: bool = False,
+        load: LoadInfo | None = None,
     ) -> None:
         entry.state = state
         if self._report_use or not use:
-            self._notify(entry.spec.id, state, seconds)
+            self._notify(entry.spec.id, state, seconds, load)
 
     def load(self, spec: ContextSpec) -> float:
         """Build the context unless it is live; the seconds the build took (0 when live)."""
@@ -103,6 +131,7 @@ class ContextHost:
         if entry is not None:
             with entry.lock:
                 entry.value = None
+                self._unpin(entry)
                 self._set(entry, ContextState.ABSENT)
 
     def _ensure(self, entry: _Entry) -> float:
@@ -111,24 +140,47 @@ class ContextHost:
         started = time.perf_counter()
         try:
             self._set(entry, ContextState.FETCHING)
-            paths = {a.name: _stage(a.uri) for a in entry.spec.artifacts}
+            paths: dict[str, str] = {}
+            tiers: list[Tier] = []
+            moved, fetching = 0, 0.0
+            for artifact in entry.spec.artifacts:
+                path, tier, copied, seconds = self._stage(entry, artifact)
+                paths[artifact.name] = path
+                tiers.append(tier)
+                moved += copied
+                fetching += seconds
             self._set(entry, ContextState.LOADING)
             loader = resolve_import(entry.spec.loader)
             entry.value = loader(**dict(entry.spec.args), **paths)
         except BaseException as exc:
             entry.value = None
             entry.error = f"{type(exc).__name__}: {exc}"
+            self._unpin(entry)
             self._set(entry, ContextState.FAILED)
             raise
         seconds = time.perf_counter() - started
         entry.load_seconds = seconds
         entry.error = None
-        self._set(entry, ContextState.WARM, seconds)
+        # Tier order is best first, so the worst tier is the one listed last.
+        order = list(Tier)
+        worst = max(tiers, key=order.index) if tiers else None
+        self._set(entry, ContextState.WARM, seconds, load=LoadInfo(worst, moved, fetching))
         return seconds
 
+    def _stage(self, entry: _Entry, artifact: Artifact) -> tuple[str, Tier, int, float]:
+        """A local path for an artifact, its tier, the bytes copied and the seconds taken.
+        Artifacts with a sha256 digest go through the cache (pinned while the context is
+        live); others, and all of them on a host without a cache, are read at the origin."""
+        if self.cache is None or not is_digest(artifact.digest):
+            if not Path(artifact.uri).exists():
+                raise FileNotFoundError(f"artifact {artifact.uri} does not exist on this worker")
+            return artifact.uri, Tier.ORIGIN, 0, 0.0
+        staged = self.cache.stage(artifact)
+        entry.pins = (*entry.pins, artifact.digest)
+        return str(staged.path), staged.tier, staged.bytes, staged.seconds
 
-def _stage(uri: str) -> str:
-    """A local path for an artifact. Today the origin path itself; cached tiers come later."""
-    if not Path(uri).exists():
-        raise FileNotFoundError(f"artifact {uri} does not exist on this worker")
-    return uri
+    def _unpin(self, entry: _Entry) -> None:
+        if self.cache is not None:
+            for digest in entry.pins:
+                self.cache.unpin(digest)
+        entry.pins = ()

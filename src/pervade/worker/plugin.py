@@ -8,7 +8,8 @@ from typing import Any
 from distributed import WorkerPlugin, get_worker
 
 from pervade.core.states import ContextState
-from pervade.worker.context_host import ContextHost
+from pervade.storage.cache import ArtifactCache
+from pervade.worker.context_host import ContextHost, LoadInfo
 
 PLUGIN_NAME = "pervade-context-host"
 STATE_TOPIC = "pervade-context-state"
@@ -20,28 +21,41 @@ _HOSTS: dict[str, ContextHost] = {}
 
 
 class ContextHostPlugin(WorkerPlugin):
+    """`cache_dir` and `cache_limit` (bytes, or a size such as "50GB") set the worker's
+    artifact cache; unset, they come from PERVADE_ARTIFACT_CACHE and
+    PERVADE_ARTIFACT_CACHE_LIMIT in the worker's environment, else the defaults."""
+
     name = PLUGIN_NAME
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: str | None = None, cache_limit: int | str | None = None) -> None:
         self.host: ContextHost | None = None
+        self.cache_dir = cache_dir
+        self.cache_limit = cache_limit
 
     def setup(self, worker: Any) -> None:
         address = str(worker.address)
 
-        def notify(context: str, state: ContextState, seconds: float | None) -> None:
-            message = {
+        def notify(
+            context: str, state: ContextState, seconds: float | None, load: LoadInfo | None
+        ) -> None:
+            message: dict[str, Any] = {
                 "worker": address,
                 "context": context,
                 "state": state.value,
                 "load_seconds": seconds,
             }
+            if load is not None:
+                message["tier"] = None if load.tier is None else load.tier.value
+                message["bytes"] = load.bytes
+                message["fetch_seconds"] = load.fetch_seconds
             # A closing worker cannot report; its states die with it.
             with contextlib.suppress(Exception):
                 worker.log_event(STATE_TOPIC, message)
 
         host = _HOSTS.get(address)
         if host is None:
-            host = _HOSTS[address] = ContextHost(notify, report_use=False)
+            cache = ArtifactCache.configured(self.cache_dir, self.cache_limit)
+            host = _HOSTS[address] = ContextHost(notify, report_use=False, cache=cache)
         self.host = host
 
 
