@@ -189,10 +189,36 @@ def test_register_items_upserts_lines(journal: Journal, path: Path) -> None:
 
 def test_record_context_load(journal: Journal, path: Path) -> None:
     journal.record_context_load("w1", "ctx", 2.5)
+    journal.record_context_load("w2", "ctx", 1.5, "origin", 4096)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT worker, context, seconds FROM context_loads").fetchall() == [
-            ("w1", "ctx", 2.5)
+        rows = db.execute("SELECT worker, context, seconds, tier, bytes FROM context_loads")
+        assert rows.fetchall() == [("w1", "ctx", 2.5, None, 0), ("w2", "ctx", 1.5, "origin", 4096)]
+    assert journal.context_loads() == [
+        ("w1", "ctx", 2.5, None, 0),
+        ("w2", "ctx", 1.5, "origin", 4096),
+    ]
+
+
+def test_a_journal_from_before_load_tiers_gets_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.journal"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('fingerprint', 'fp-old')")
+        db.execute(
+            "CREATE TABLE context_loads (worker TEXT NOT NULL, context TEXT NOT NULL, "
+            "seconds REAL NOT NULL, at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO context_loads VALUES ('w1', 'ctx', 3.0, 1.0)")
+    journal = Journal(path, "fp-old")
+    try:
+        journal.record_context_load("w2", "ctx", 0.5, "disk", 0)
+        assert journal.context_loads() == [
+            ("w1", "ctx", 3.0, None, 0),
+            ("w2", "ctx", 0.5, "disk", 0),
         ]
+    finally:
+        journal.close()
+    Journal(path, "fp-old").close()  # opening again migrates nothing twice
 
 
 # -- result files ------------------------------------------------------------------------

@@ -54,9 +54,18 @@ CREATE TABLE IF NOT EXISTS context_loads (
     worker TEXT NOT NULL,
     context TEXT NOT NULL,
     seconds REAL NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    tier TEXT,  -- where its artifacts came from: disk, origin (NULL: no artifacts, or unknown)
+    bytes INTEGER NOT NULL DEFAULT 0  -- bytes copied to the worker for this load
 );
 """
+
+# Columns added after a table was first released: (table, column, declaration). A journal
+# written by an older pervade gets them on open, so a rerun can resume it.
+_ADDED_COLUMNS = (
+    ("context_loads", "tier", "TEXT"),
+    ("context_loads", "bytes", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 class JournalMismatch(RuntimeError):
@@ -85,6 +94,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         stored = self.get_meta("fingerprint")
         if stored is None:
             self.set_meta("fingerprint", fingerprint)
@@ -98,6 +108,12 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     # -- metadata --------------------------------------------------------------------
 
@@ -248,8 +264,25 @@ class Journal:
 
     # -- contexts --------------------------------------------------------------------
 
-    def record_context_load(self, worker: str, context: str, seconds: float) -> None:
+    def record_context_load(
+        self,
+        worker: str,
+        context: str,
+        seconds: float,
+        tier: str | None = None,
+        moved: int = 0,
+    ) -> None:
+        """One build of a context; `tier` says where its artifacts came from, `moved` how
+        many bytes were copied for it."""
         self._db.execute(
-            "INSERT INTO context_loads (worker, context, seconds, at) VALUES (?, ?, ?, ?)",
-            (worker, context, seconds, time.time()),
+            "INSERT INTO context_loads (worker, context, seconds, at, tier, bytes) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (worker, context, seconds, time.time(), tier, moved),
         )
+
+    def context_loads(self) -> list[tuple[str, str, float, str | None, int]]:
+        """(worker, context, seconds, tier, bytes) of every load, oldest first."""
+        rows = self._db.execute(
+            "SELECT worker, context, seconds, tier, bytes FROM context_loads ORDER BY at, rowid"
+        )
+        return [(str(w), str(c), float(s), t, int(b)) for w, c, s, t, b in rows]

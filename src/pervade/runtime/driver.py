@@ -252,7 +252,7 @@ class Driver:
             if state is not ContextState.FAILED:
                 seconds = message.get("load_seconds")
                 if state is ContextState.WARM and seconds:
-                    self._record_load(worker, context, float(seconds))
+                    self._record_load(worker, context, float(seconds), message)
                 self._handle(ContextStateChanged(worker, context, state, seconds))
         elif kind == "drain":
             _timestamp, message = payload
@@ -332,11 +332,12 @@ class Driver:
             self._states[(worker, context)] = ContextState.FAILED
             self._handle(ContextStateChanged(worker, context, ContextState.FAILED))
 
-    def _record_load(self, worker: str, context: str, seconds: float) -> None:
+    def _record_load(self, worker: str, context: str, seconds: float, got: dict[str, Any]) -> None:
         self.stats.context_loads += 1
         self.stats.load_seconds += seconds
         self.ledger.loaded(worker, seconds, self._now())
-        self.journal.record_context_load(worker, context, seconds)
+        tier, moved = got.get("tier"), int(got.get("bytes") or 0)  # absent from older workers
+        self.journal.record_context_load(worker, context, seconds, tier, moved)
 
     # -- decisions out ---------------------------------------------------------------
 
