@@ -262,3 +262,17 @@ def test_two_processes_fetching_one_digest_end_with_one_good_copy(
     assert cache.get(weights.digest) is not None
     assert digest_path(cache.root / weights.digest / "weights.bin") == weights.digest
     assert list((cache.root / ".partial").iterdir()) == []
+
+
+def test_an_entry_pinned_by_another_process_is_not_evicted(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    holder = ArtifactCache(root, margin=0)
+    a = origin_file(tmp_path, "a.bin", seed=1)
+    holder.stage(a)  # pinned through its lock file, which every process of the node sees
+    other = ArtifactCache(root, limit=1500, margin=0)
+    with pytest.raises(CacheFull, match=r"'b'"):
+        other.stage(origin_file(tmp_path, "b.bin", seed=2))
+    assert other.get(a.digest) is not None
+    holder.unpin(a.digest)
+    assert other.stage(origin_file(tmp_path, "b.bin", seed=2)).tier is Tier.ORIGIN
+    assert other.get(a.digest) is None

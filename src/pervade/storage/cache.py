@@ -153,7 +153,8 @@ class ArtifactCache:
         if tuple(renewed) != manifest.files:
             # Touched but intact: remember the new mtimes so the next check is cheap again.
             manifest = Manifest(digest, manifest.kind, tuple(renewed))
-            self._write_manifest(manifest)
+            with contextlib.suppress(OSError):  # only saves a re-hash next time
+                self._write_manifest(manifest)
         return manifest
 
     def _touch(self, digest: str) -> None:
