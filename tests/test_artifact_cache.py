@@ -276,3 +276,41 @@ def test_an_entry_pinned_by_another_process_is_not_evicted(tmp_path: Path) -> No
     holder.unpin(a.digest)
     assert other.stage(origin_file(tmp_path, "b.bin", seed=2)).tier is Tier.ORIGIN
     assert other.get(a.digest) is None
+
+
+class PeerLike:
+    """A source that writes given bytes into the directory it is handed, as a peer pull does."""
+
+    tier = Tier.PEER
+    kind = "file"
+    where = "worker tcp://peer:1"
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self.data, self.size = name, data, len(data)
+
+    def fill(self, partial: Path) -> None:
+        (partial / self.name).write_bytes(self.data)
+
+
+def test_another_source_fills_an_entry_that_is_then_verified(
+    cache: ArtifactCache, tmp_path: Path
+) -> None:
+    weights = origin_file(tmp_path)
+    data = Path(weights.uri).read_bytes()
+    Path(weights.uri).unlink()  # the origin is out of reach: only the peer has it
+    staged = cache.stage(weights, PeerLike("weights.bin", data))
+    assert (staged.tier, staged.bytes) == (Tier.PEER, 1000)
+    assert staged.path.read_bytes() == data
+    assert cache.stage(weights).tier is Tier.DISK
+    manifest = json.loads(cache.manifest_path(weights.digest).read_text())
+    assert manifest["files"][0]["mtime_ns"] == staged.path.stat().st_mtime_ns
+
+
+def test_a_source_that_brings_other_bytes_publishes_nothing(
+    cache: ArtifactCache, tmp_path: Path
+) -> None:
+    weights = origin_file(tmp_path)
+    with pytest.raises(ArtifactMismatch, match=r"from worker tcp://peer:1"):
+        cache.stage(weights, PeerLike("weights.bin", b"x" * 1000))
+    assert cache.get(weights.digest) is None
+    assert list((cache.root / ".partial").iterdir()) == []

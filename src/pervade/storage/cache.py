@@ -31,7 +31,8 @@ from pathlib import Path
 
 from pervade.core.cache_policy import CachedEntry, Tier, choose_evictions, parse_size
 from pervade.core.context import Artifact
-from pervade.storage.digests import FileRecord, Manifest, digest_files, hash_file, list_files
+from pervade.storage.digests import FileRecord, Manifest, digest_files, hash_file
+from pervade.storage.sources import OriginSource, Source, records_of
 
 CACHE_ENV = "PERVADE_ARTIFACT_CACHE"
 LIMIT_ENV = "PERVADE_ARTIFACT_CACHE_LIMIT"
@@ -63,7 +64,7 @@ class Staged:
     """A local copy of an artifact and what it cost to get it there."""
 
     path: Path
-    tier: Tier  # DISK: it was cached; ORIGIN: copied in from its origin now
+    tier: Tier  # DISK: it was cached; else the tier of the source it was copied from now
     bytes: int  # bytes moved (0 on a hit)
     seconds: float
 
@@ -163,9 +164,10 @@ class ArtifactCache:
 
     # -- staging ---------------------------------------------------------------------
 
-    def stage(self, artifact: Artifact) -> Staged:
+    def stage(self, artifact: Artifact, source: Source | None = None) -> Staged:
         """A verified local copy of `artifact`, pinned until `unpin(artifact.digest)`:
-        the cached one, else one fetched from its origin (a corrupt entry is replaced)."""
+        the cached one, else one fetched from `source` (by default its origin); a corrupt
+        entry is replaced. A failed fetch leaves nothing behind but the error."""
         digest = artifact.digest
         if not is_digest(digest):
             raise ValueError(f"artifact {artifact.name!r}: digest {digest!r} is not sha256 hex")
@@ -184,10 +186,11 @@ class ArtifactCache:
                 if found is not None:
                     return Staged(found, Tier.DISK, 0, time.perf_counter() - started)
                 self._remove(digest)  # partial or corrupt
-                moved = self._fetch(artifact)
+                source = source or OriginSource(artifact)
+                moved = self._fetch(artifact, source)
                 self._touch(digest)
                 found = self._local(self._manifest_or_fail(digest))
-                return Staged(found, Tier.ORIGIN, moved, time.perf_counter() - started)
+                return Staged(found, source.tier, moved, time.perf_counter() - started)
         except BaseException:
             self.unpin(digest)
             raise
@@ -198,39 +201,24 @@ class ArtifactCache:
             raise RuntimeError(f"{self.manifest_path(digest)} vanished right after its fetch")
         return manifest
 
-    def _fetch(self, artifact: Artifact) -> int:
-        """Copy from the origin into `.partial`, hashing on the way; publish if the digest
-        matches. The bytes copied."""
-        origin = Path(artifact.uri)
-        if not origin.exists():
-            raise FileNotFoundError(f"artifact {artifact.name!r}: {origin} does not exist")
-        kind = "file" if origin.is_file() else "folder"
-        files = list_files(origin)
-        needed = sum(path.stat().st_size for _, path in files)
-        self.make_room(needed, f"artifact {artifact.name!r} ({origin})")
+    def _fetch(self, artifact: Artifact, source: Source) -> int:
+        """Fill `.partial` from `source`; publish it if the digest matches. Bytes written."""
+        self.make_room(source.size, f"artifact {artifact.name!r} ({source.where})")
         partial = self._partial / f"{artifact.digest}-{secrets.token_hex(4)}"
         try:
             partial.mkdir()
-            records: list[FileRecord] = []
-            for relative, source in files:
-                target = partial / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with target.open("wb") as out:
-                    sha = hash_file(source, out.write)
-                    out.flush()
-                    # On disk before the manifest says so: a crash leaves no entry that
-                    # looks complete but holds holes.
-                    os.fsync(out.fileno())
-                stat = target.stat()
-                records.append(FileRecord(relative, stat.st_size, sha, stat.st_mtime_ns))
-            got = digest_files(kind, ((r.path, r.sha256) for r in records))
+            records = source.fill(partial)
+            if records is None:
+                records = records_of(partial)
+            got = digest_files(source.kind, ((r.path, r.sha256) for r in records))
             if got != artifact.digest:
                 raise ArtifactMismatch(
-                    f"artifact {artifact.name!r} at {origin}: its content digest is {got}, "
-                    f"the job expects {artifact.digest} (did it change after the job started?)"
+                    f"artifact {artifact.name!r} from {source.where}: its content digest is "
+                    f"{got}, the job expects {artifact.digest} (did it change after the job "
+                    "started?)"
                 )
             os.rename(partial, self.entry_path(artifact.digest))
-            self._write_manifest(Manifest(artifact.digest, kind, tuple(records)))
+            self._write_manifest(Manifest(artifact.digest, source.kind, tuple(records)))
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return sum(r.size for r in records)

@@ -1,0 +1,75 @@
+"""Where the bytes of an artifact missing from the disk cache come from.
+
+The cache asks a `Source` how many bytes it will bring (to make room first), lets it fill
+a private `.partial` directory, then verifies the result against the artifact's digest and
+publishes it. The origin (a path on shared storage) is the source by default; the PEER tier
+passes one that pulls from another worker into the directory it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from pervade.core.cache_policy import Tier
+from pervade.core.context import Artifact
+from pervade.storage.digests import FileRecord, hash_file, list_files
+
+
+class Source(Protocol):
+    tier: Tier  # what a load that needed this source reports
+    kind: str  # "file" or "folder", as the manifest will say
+    size: int  # bytes it will write
+    where: str  # for error messages
+
+    def fill(self, partial: Path) -> list[FileRecord] | None:
+        """Write the artifact's files under `partial` at their relative paths (a file
+        artifact: `partial/<filename>`). Return their records when hashed on the way (the
+        cache then trusts them), or None to have the cache hash what was written."""
+        ...
+
+
+class OriginSource:
+    """Copy from the artifact's origin path, hashing while copying."""
+
+    tier = Tier.ORIGIN
+
+    def __init__(self, artifact: Artifact) -> None:
+        origin = Path(artifact.uri)
+        if not origin.exists():
+            raise FileNotFoundError(f"artifact {artifact.name!r}: {origin} does not exist")
+        self.where = str(origin)
+        self.kind = "file" if origin.is_file() else "folder"
+        self._files = list_files(origin)
+        self.size = sum(path.stat().st_size for _, path in self._files)
+
+    def fill(self, partial: Path) -> list[FileRecord]:
+        records: list[FileRecord] = []
+        for relative, source in self._files:
+            target = partial / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                sha = hash_file(source, out.write)
+                out.flush()
+                # On disk before the manifest says so: a crash leaves no entry that looks
+                # complete but holds holes.
+                os.fsync(out.fileno())
+            stat = target.stat()
+            records.append(FileRecord(relative, stat.st_size, sha, stat.st_mtime_ns))
+        return records
+
+
+def records_of(partial: Path) -> list[FileRecord]:
+    """Hash and sync what a source wrote under `partial`, in digest order."""
+    records: list[FileRecord] = []
+    for relative, file in list_files(partial):
+        sha = hash_file(file)
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        stat = file.stat()
+        records.append(FileRecord(relative, stat.st_size, sha, stat.st_mtime_ns))
+    return records
