@@ -287,3 +287,17 @@ def test_origin_readers_limit_concurrent_holders(
         peak = max(peak, held)
     # Six acquirers on six threads at once: the limit, not the pool, kept it to two.
     assert peak == 2
+
+
+@pytest.mark.timeout(10)
+def test_chunk_buffers_are_reused_only_once_no_reply_holds_them() -> None:
+    from pervade.worker.peer import _Buffers
+
+    buffers = _Buffers()
+    sending = buffers.take(10)
+    other = buffers.take(10)
+    assert sending.obj is not other.obj  # still referenced by a reply: a new buffer
+    first = id(sending.obj)
+    del sending
+    again = buffers.take(6)
+    assert id(again.obj) == first and again.nbytes == 6
