@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -18,6 +19,7 @@ STATE_TOPIC = "pervade-context-state"
 # registers the plugin again, and Dask then replaces the plugin instance. The contexts
 # it built must survive that.
 _HOSTS: dict[str, ContextHost] = {}
+logger = logging.getLogger(__name__)
 
 
 class ContextHostPlugin(WorkerPlugin):
@@ -54,9 +56,17 @@ class ContextHostPlugin(WorkerPlugin):
 
         host = _HOSTS.get(address)
         if host is None:
-            cache = ArtifactCache.configured(self.cache_dir, self.cache_limit)
-            host = _HOSTS[address] = ContextHost(notify, report_use=False, cache=cache)
+            host = _HOSTS[address] = ContextHost(notify, report_use=False, cache=self._cache())
         self.host = host
+
+    def _cache(self) -> ArtifactCache | None:
+        """The worker's artifact cache; None (artifacts read at their origin) when its
+        directory cannot be made: a worker on a read-only home can still do the work."""
+        try:
+            return ArtifactCache.configured(self.cache_dir, self.cache_limit)
+        except OSError as exc:
+            logger.warning("pervade: no artifact cache on this worker, reading origins: %s", exc)
+            return None
 
 
 def context_host(worker: Any = None) -> ContextHost:

@@ -1,0 +1,55 @@
+"""ContextHostPlugin's artifact cache settings, with a stand-in for the Dask worker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pervade.core import ContextSpec
+from pervade.runtime.artifacts import artifact
+from pervade.worker.plugin import ContextHostPlugin
+
+
+class FakeWorker:
+    """What the plugin uses of a Dask worker: its address and its event log."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def log_event(self, topic: str, message: dict[str, Any]) -> None:
+        self.events.append((topic, message))
+
+
+def test_option_sets_the_cache_and_loads_report_tier_and_bytes(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    plugin = ContextHostPlugin(cache_dir=str(tmp_path / "c"), cache_limit="1MB")
+    worker = FakeWorker(f"fake://{request.node.nodeid}")
+    plugin.setup(worker)
+    assert plugin.host is not None and plugin.host.cache is not None
+    assert (plugin.host.cache.root, plugin.host.cache.limit) == (tmp_path / "c", 1_000_000)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w" * 64)
+    spec = ContextSpec(
+        "tests.helpers.loaders:build", {"key": request.node.nodeid}, (artifact("model", weights),)
+    )
+    plugin.host.load(spec)
+    warm = [m for _, m in worker.events if m["state"] == "warm"]
+    assert warm[0]["tier"] == "origin" and warm[0]["bytes"] == 64
+    assert warm[0]["load_seconds"] > 0 and warm[0]["fetch_seconds"] > 0
+
+
+def test_a_cache_directory_that_cannot_be_made_means_reading_origins(
+    tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    plugin = ContextHostPlugin(cache_dir=str(blocker / "cache"))
+    with caplog.at_level(logging.WARNING):
+        plugin.setup(FakeWorker(f"fake://{request.node.nodeid}"))
+    assert plugin.host is not None and plugin.host.cache is None
+    assert "no artifact cache" in caplog.text and "a-file" in caplog.text
