@@ -63,10 +63,14 @@ class EvictionPlugin(WorkerPlugin):
         deadline = loop.time() + 0.8 * self.grace_seconds
         while host.tasks_running and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.1)  # let the finished task's report reach the scheduler
-        # Retirement hands the results this worker still holds to another worker, so the
-        # driver can still collect them; then the worker and its nanny close without
-        # waiting for a context build that would only be thrown away.
+        # Then for the driver to collect the reports (it lets go of each once it has it), so
+        # that nothing finished depends on the hand-over below, which a loaded machine can
+        # get wrong.
+        while len(worker.data) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        # Retirement hands any result still held here to another worker, so the driver can
+        # still collect it; then the worker and its nanny close without waiting for a
+        # context build that would only be thrown away.
         await worker.scheduler.retire_workers(
             workers=[worker.address],
             close_workers=False,
