@@ -156,25 +156,26 @@ class Dispatcher:
     # -- event handlers --------------------------------------------------------------
 
     def _worker_left(self, name: str) -> list[Decision]:
+        kind = self.departure(name)
         worker = self._workers.pop(name, None)
         if worker is None:
             return []
         decisions: list[Decision] = []
-        if worker.draining and not worker.restarting:
+        if kind == "drained":
             self.stats.graceful_evictions += 1
-        elif not worker.restarting:  # a restart was counted when it was asked for
+        elif kind == "evicted":  # a restart was counted when it was asked for
             self.stats.hard_evictions += 1
         for task_id in sorted(worker.tasks):
             task = self._tasks.pop(task_id)
             self._requeue(task.context, task.items, task.group)
             # A draining worker leaves only unstarted tasks behind: it waits for the running
             # one (within its grace period).
-            if worker.draining and not worker.restarting:
+            if kind == "drained":
                 self.stats.requeued_graceful += len(task.items)
             else:
                 self.stats.requeued_evicted += len(task.items)
             decisions.append(CancelTask(task_id))
-            reason = "restarted" if worker.restarting else "evicted"
+            reason = "restarted" if kind == "restarted" else "evicted"
             decisions.append(RequeueItems(task_id, _ids(task.items), reason))
         return decisions
 
