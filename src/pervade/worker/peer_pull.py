@@ -70,13 +70,17 @@ class _File:
     fd: int
     hasher: Any = field(default_factory=hashlib.sha256)
     hashed: int = 0  # bytes [0, hashed) went into the hash
-    waiting: dict[int, int] = field(default_factory=dict)  # written past `hashed`: off -> len
+    # Written past `hashed`: offset -> the bytes while few are held, else their length.
+    waiting: dict[int, memoryview | int] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
 
-    def reset(self) -> None:
+    def reset(self) -> int:
+        """Start the file again; the bytes it held in memory are given back."""
+        held = sum(v.nbytes for v in self.waiting.values() if isinstance(v, memoryview))
         self.hasher, self.hashed = hashlib.sha256(), 0
         self.waiting.clear()
         self.sources.clear()
+        return held
 
 
 class _SourceFailed(Exception):
@@ -97,6 +101,7 @@ class _Transfer:
         self.attempted: set[_Chunk] = set()
         self.chunks = self.done = self.refetched = self.received = 0
         self.chunk = chunk
+        self.held, self.hold_limit = 0, max(64 * MiB, 8 * chunk)
         # One thread writes and hashes, so each file's hash state has a single owner and
         # hashing overlaps with receiving on the event loop.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="pervade-peer-write")
@@ -126,15 +131,23 @@ class _Transfer:
             n = os.pwrite(f.fd, view, at)
             view, at = view[n:], at + n
         if offset != f.hashed:
-            f.waiting[offset] = len(data)
+            # Chunks a little ahead (the usual case with several in flight) are kept to be
+            # hashed from memory; after a failover the gap can be long, so the rest are
+            # read back from the page cache when their turn comes.
+            keep = self.held + data.nbytes <= self.hold_limit
+            f.waiting[offset] = data if keep else data.nbytes
+            self.held += data.nbytes if keep else 0
             return
         f.hasher.update(data)
-        f.hashed += len(data)
-        # Chunks that arrived early were written already; read them back (page cache).
+        f.hashed += data.nbytes
         while f.hashed in f.waiting:
-            n = f.waiting.pop(f.hashed)
-            f.hasher.update(os.pread(f.fd, n, f.hashed))
-            f.hashed += n
+            early = f.waiting.pop(f.hashed)
+            if isinstance(early, int):
+                early = memoryview(os.pread(f.fd, early, f.hashed))
+            else:
+                self.held -= early.nbytes
+            f.hasher.update(early)
+            f.hashed += early.nbytes
 
     async def drain(
         self, pool: Any, source: str, in_flight: int, timeout: float, progress: Progress | None
@@ -287,7 +300,7 @@ async def pull(
                     f"{f.entry.path} has sha256 {got}, the manifest says {f.entry.sha256}"
                     f" (bytes from {', '.join(sorted(f.sources))})"
                 )
-                f.reset()
+                transfer.held -= f.reset()
                 transfer.queue(transfer.files.index(f))
             for s in culprits - {source}:
                 tried[s] = f"sent bytes of a file that failed its sha256 ({tried[source]})"
