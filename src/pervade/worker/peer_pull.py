@@ -156,6 +156,20 @@ class _Transfer:
         rpc = pool(source)
         loop = asyncio.get_running_loop()
         failures: list[BaseException] = []
+        # Writing and hashing run behind the requests: a fetcher asks for its next chunk
+        # while the last one is written, up to `in_flight` chunks waiting to be written.
+        unwritten = asyncio.Semaphore(in_flight)
+        stores: set[asyncio.Future[None]] = set()
+
+        async def store(f: _File, c: _Chunk, data: memoryview) -> None:
+            try:
+                await loop.run_in_executor(self.io, self._write, f, c.offset, data)
+            finally:
+                unwritten.release()
+            self.done += 1
+            self.received += c.length
+            if progress is not None:
+                progress(source, self.done, self.chunks)
 
         async def fetcher() -> None:
             while self.pending and not failures:
@@ -185,13 +199,12 @@ class _Transfer:
                     failures.append(exc)
                     return
                 f.sources.add(source)
-                await loop.run_in_executor(self.io, self._write, f, c.offset, data)
-                self.done += 1
-                self.received += c.length
-                if progress is not None:
-                    progress(source, self.done, self.chunks)
+                await unwritten.acquire()
+                stores.add(asyncio.ensure_future(store(f, c, data)))
 
         await asyncio.gather(*(fetcher() for _ in range(in_flight)))
+        # A failed write is a local failure and propagates as it is.
+        await asyncio.gather(*stores)
         if failures:
             raise _SourceFailed(_describe(failures[0]))
 
