@@ -37,7 +37,7 @@ def summary_rows(
         rows.append(
             (
                 "worker time",
-                f"{stats.load_seconds:.1f} s loading contexts ({stats.context_loads} loads), "
+                f"{stats.load_seconds:.1f} s loading contexts ({_loads(stats)}), "
                 f"{stats.infer_seconds:.1f} s inferring ({100 * stats.infer_seconds / busy:.0f}%)",
             )
         )
@@ -82,6 +82,15 @@ def summary_rows(
     for name, path in paths.items():
         rows.append((name, str(path.resolve())))
     return rows
+
+
+def _loads(stats: RunStats) -> str:
+    """ "3 loads" and, when known, where their artifacts came from: "3 loads: 1 origin, 2 disk"."""
+    text = f"{stats.context_loads} loads"
+    tiers = {tier: n for tier, n in stats.load_tiers.items() if tier != "unknown"}
+    if tiers:
+        text += ": " + ", ".join(f"{n} {tier}" for tier, n in sorted(tiers.items()))
+    return text
 
 
 def print_summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:

@@ -8,11 +8,8 @@ is touched by the driver thread alone.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import logging
 import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,13 +48,12 @@ from pervade.runtime.job import Job
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.stats import RunStats
-from pervade.runtime.submit import submit_load, submit_task
+from pervade.runtime.submit import restart_worker, submit_load, submit_task
 from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
 from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
 from pervade.worker.tasks import TaskReport, live_contexts
 
 Observer = Callable[[RunStats], None]
-logger = logging.getLogger(__name__)
 
 
 class RunAborted(RuntimeError):
@@ -337,6 +333,7 @@ class Driver:
         self.stats.load_seconds += seconds
         self.ledger.loaded(worker, seconds, self._now())
         tier, moved = got.get("tier"), int(got.get("bytes") or 0)  # absent from older workers
+        self.stats.load_tiers[tier or "unknown"] += 1
         self.journal.record_context_load(worker, context, seconds, tier, moved)
 
     # -- decisions out ---------------------------------------------------------------
@@ -374,25 +371,7 @@ class Driver:
                     [(i, Outcome.ERROR, {"id": i, "error": error, "stage": "task"}) for i in ids]
                 )
             case RestartWorker(worker=worker, reason=reason):
-                self._restart(worker, reason)
+                restart_worker(self.client, worker, reason)
             case Abort(reason=reason):
                 detail = f"; last error: {self._last_load_error}" if self._last_load_error else ""
                 raise RunAborted(reason + detail)
-
-    def _restart(self, worker: str, reason: str) -> None:
-        """Ask the worker's nanny for a new process, on a thread of its own so the driver
-        goes on meanwhile. A worker that cannot be restarted (it has no nanny) is retired
-        instead: its process is unusable."""
-
-        def restart() -> None:
-            try:
-                status = self.client.restart_workers([worker], raise_for_error=False)
-                if status.get(worker) == "OK":
-                    return
-            except Exception as exc:  # the worker may be gone already
-                logger.warning("pervade: restarting %s failed: %r", worker, exc)
-            with contextlib.suppress(Exception):
-                self.client.retire_workers([worker], close_workers=True)
-
-        logger.warning("pervade: restarting worker %s: %s", worker, reason)
-        threading.Thread(target=restart, name="pervade-restart", daemon=True).start()

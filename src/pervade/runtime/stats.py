@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from pervade.core.accounting import Goodput
@@ -30,6 +30,7 @@ class RunStats:
     oom_splits: int = 0  # batches halved because the device ran out of memory
     rerun_items: int = 0  # items whose work was lost at least once and ran again
     goodput: Goodput = field(default_factory=Goodput)
+    load_tiers: Counter[str] = field(default_factory=Counter)  # context loads by artifact tier
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
 
