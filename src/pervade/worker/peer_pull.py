@@ -102,9 +102,10 @@ class _Transfer:
         self.chunks = self.done = self.refetched = self.received = 0
         self.chunk = chunk
         self.held, self.hold_limit = 0, max(64 * MiB, 8 * chunk)
-        # One thread writes and hashes, so each file's hash state has a single owner and
-        # hashing overlaps with receiving on the event loop.
+        # One thread writes and one hashes (each file's hash state has a single owner), so
+        # both overlap with each other and with receiving on the event loop.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="pervade-peer-write")
+        self.hashing = ThreadPoolExecutor(1, thread_name_prefix="pervade-peer-hash")
         for entry in manifest.files:
             target = dest / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -121,15 +122,20 @@ class _Transfer:
 
     def close(self) -> None:
         self.io.shutdown(wait=True)
+        self.hashing.shutdown(wait=True)
         for f in self.files:
             os.close(f.fd)
 
-    def _write(self, f: _File, offset: int, data: memoryview) -> None:
+    @staticmethod
+    def _write(f: _File, offset: int, data: memoryview) -> None:
         view = data
         at = offset
         while view:
             n = os.pwrite(f.fd, view, at)
             view, at = view[n:], at + n
+
+    def _hash(self, f: _File, offset: int, data: memoryview) -> None:
+        """Feed a written chunk to its file's hash, in file order."""
         if offset != f.hashed:
             # Chunks a little ahead (the usual case with several in flight) are kept to be
             # hashed from memory; after a failover the gap can be long, so the rest are
@@ -157,19 +163,20 @@ class _Transfer:
         loop = asyncio.get_running_loop()
         failures: list[BaseException] = []
         # Writing and hashing run behind the requests: a fetcher asks for its next chunk
-        # while the last one is written, up to `in_flight` chunks waiting to be written.
-        unwritten = asyncio.Semaphore(in_flight)
+        # while the last one is written and hashed, up to 2 x `in_flight` chunks behind.
+        behind = asyncio.Semaphore(2 * in_flight)
         stores: set[asyncio.Future[None]] = set()
 
         async def store(f: _File, c: _Chunk, data: memoryview) -> None:
             try:
                 await loop.run_in_executor(self.io, self._write, f, c.offset, data)
+                self.done += 1
+                self.received += c.length
+                if progress is not None:
+                    progress(source, self.done, self.chunks)
+                await loop.run_in_executor(self.hashing, self._hash, f, c.offset, data)
             finally:
-                unwritten.release()
-            self.done += 1
-            self.received += c.length
-            if progress is not None:
-                progress(source, self.done, self.chunks)
+                behind.release()
 
         async def fetcher() -> None:
             while self.pending and not failures:
@@ -199,7 +206,7 @@ class _Transfer:
                     failures.append(exc)
                     return
                 f.sources.add(source)
-                await unwritten.acquire()
+                await behind.acquire()
                 stores.add(asyncio.ensure_future(store(f, c, data)))
 
         await asyncio.gather(*(fetcher() for _ in range(in_flight)))
