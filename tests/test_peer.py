@@ -243,6 +243,10 @@ def test_corrupt_holder_fails_verification_or_falls_back(peers: Peers, tmp_path:
     message = str(err.value)
     assert DIGEST in message and "sub/tokenizer.bin" in message and "sha256" in message
 
+    unchecked = run_pull([a], tmp_path / "unchecked", verify=False)
+    assert unchecked.sources == (a,)
+    assert (tmp_path / "unchecked" / "sub/tokenizer.bin").read_bytes() == bad
+
     with peers.busy("1"):  # so that the bad holder is asked first
         stats = run_pull([a, b], tmp_path / "fallback")
     assert stats.sources == (a, b)
