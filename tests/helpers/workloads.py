@@ -54,10 +54,11 @@ def logged(
     return out
 
 
-def _first_time(marker_dir: str, name: str) -> bool:
-    """True for the first caller across all processes (creates a marker file)."""
+def _first_time(marker_dir: str, name: str, note: str = "") -> bool:
+    """True for the first caller across all processes (creates a marker file holding `note`)."""
     try:
-        with open(os.path.join(marker_dir, name), "x"):
+        with open(os.path.join(marker_dir, name), "x") as marker:
+            marker.write(note)
             return True
     except FileExistsError:
         return False
@@ -68,7 +69,8 @@ def breaks_context_once(
 ) -> list[Any]:
     """Once in the whole run, when it meets item n=40: raise `error` ("context": the
     context is broken; "device": a sticky CUDA error; "memory": out of memory)."""
-    if any(item.data["n"] == 40 for item in items) and _first_time(marker_dir, error):
+    struck = f"{context['pid']}:{context['build']}"  # which context the fault hit
+    if any(item.data["n"] == 40 for item in items) and _first_time(marker_dir, error, struck):
         if error == "context":
             raise ContextPoisoned("the index went away")
         if error == "device":
