@@ -7,6 +7,7 @@ class ContextState(Enum):
     """Where a context stands on one worker, as the worker reports it."""
 
     ABSENT = "absent"
+    STAGED = "staged"  # not live, but its artifacts are on this node (HOST or DISK tier)
     FETCHING = "fetching"  # artifacts are being staged locally
     LOADING = "loading"  # the loader is building the live state
     WARM = "warm"  # live and idle: a task starts at once
