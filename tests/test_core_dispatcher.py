@@ -26,14 +26,18 @@ from pervade.core import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    StageContext,
     TaskFailed,
     TaskFinished,
     WorkerJoined,
     WorkerLeft,
 )
+from pervade.core.cache_policy import Tier
 from pervade.core.config import ConfigError
 
 CTX = "ctx-a"
+OTHER = "ctx-other"
+TIERS = (None, *Tier)
 D = TypeVar("D")
 
 
@@ -437,12 +441,16 @@ def test_stale_events_for_unknown_tasks_and_workers_are_ignored() -> None:
 # -- randomized schedules ----------------------------------------------------------------
 
 
-def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[str]]:
-    """Drive the dispatcher with random joins, leaves, loads, finishes and failures.
+def run_schedule(
+    seed: int, seen: Counter[str] | None = None
+) -> tuple[set[str], Counter[str], Counter[str], set[str]]:
+    """Drive the dispatcher with random joins, leaves, loads, stages, finishes and failures,
+    over two contexts.
 
     Plays the runtime: carries out decisions and checks each against the rules as it goes.
     Returns every item id, how often each item finished, how often each failed (FailItems),
-    and the culprit items (those that make any task holding them raise).
+    and the culprit items (those that make any task holding them raise). `seen` counts the
+    decisions by kind.
     """
     rng = random.Random(seed)
     low = rng.randint(1, 6)
@@ -457,10 +465,14 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
     d = Dispatcher(cfg)
     items = [ItemRef(f"i{k}", rng.randint(1, 40)) for k in range(rng.randint(10, 150))]
     unsubmitted = list(items)
+    # Most items need CTX; some seeds add a second context, which brings prefetches.
+    second = rng.random() < 0.5
+    context_of = {i.id: OTHER if second and rng.random() < 0.3 else CTX for i in items}
     culprits = {i.id for i in rng.sample(items, k=rng.randint(0, 3))}
 
-    live: set[str] = set()
-    loading: set[str] = set()
+    live: set[tuple[str, str]] = set()  # (worker, context)
+    loading: set[tuple[str, str]] = set()
+    staging: dict[str, str] = {}  # worker -> context its prefetch copies
     present: set[str] = set()
     running: dict[str, RunTask] = {}
     started: dict[str, RunTask] = {}
@@ -473,18 +485,29 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
 
     def apply(out: list[Decision]) -> None:
         for decision in out:
+            if seen is not None:
+                seen[type(decision).__name__] += 1
             match decision:
                 case RunTask():
-                    assert decision.worker in live, f"task on a worker without context: {decision}"
+                    where = (decision.worker, decision.context)
+                    assert where in live, f"task on a worker without context: {decision}"
+                    assert all(context_of[i] == decision.context for i in decision.items)
                     assert decision.worker not in restarting, f"task on a dying process: {decision}"
                     assert decision.task not in running
                     assert decision.items
                     running[decision.task] = started[decision.task] = decision
                     on_worker = sum(1 for t in running.values() if t.worker == decision.worker)
                     assert on_worker <= cfg.max_in_flight
-                case LoadContext(worker=worker):
-                    assert worker in present and worker not in live and worker not in loading
-                    loading.add(worker)
+                case LoadContext(worker=worker, context=context):
+                    assert worker in present and (worker, context) not in live
+                    assert not any(w == worker for w, _ in loading), "two builds at once"
+                    loading.add((worker, context))
+                    staging.pop(worker, None)  # the build takes over the copy, if any
+                case StageContext(worker=worker, context=context):
+                    assert worker in present and worker not in restarting
+                    assert worker not in staging, f"a second stage outstanding: {decision}"
+                    assert (worker, context) not in live
+                    staging[worker] = context
                 case CancelTask(task=task):
                     del running[task]
                     cancelled.append(task)
@@ -505,7 +528,7 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
         present.add(name)
         warm = rng.random() < 0.2
         if warm:
-            live.add(name)
+            live.add((name, CTX))
         apply(d.handle(WorkerJoined(name, (CTX,) if warm else ()), now))
 
     for _step in range(20_000):
@@ -518,24 +541,47 @@ def run_schedule(seed: int) -> tuple[set[str], Counter[str], Counter[str], set[s
         roll = rng.random()
         if unsubmitted and roll < 0.1:
             chunk = [unsubmitted.pop() for _ in range(min(len(unsubmitted), rng.randint(1, 30)))]
-            apply(d.handle(ItemsSubmitted(CTX, tuple(chunk)), now))
+            for context in (CTX, OTHER):
+                part = tuple(i for i in chunk if context_of[i.id] == context)
+                if part:
+                    apply(d.handle(ItemsSubmitted(context, part), now))
         elif roll < 0.16 and joined < 40:
             join()
         elif roll < 0.2 or (restarting and roll < 0.25):
             gone = rng.choice(sorted(restarting or present))
             present.discard(gone)
-            live.discard(gone)
-            loading.discard(gone)
+            live -= {k for k in live if k[0] == gone}
+            loading -= {k for k in loading if k[0] == gone}
+            staging.pop(gone, None)
             restarting.discard(gone)
             apply(d.handle(WorkerLeft(gone), now))
         elif roll < 0.3 and loading:
-            worker = rng.choice(sorted(loading))
-            loading.discard(worker)
+            worker, context = key = rng.choice(sorted(loading))
+            loading.discard(key)
             ok = rng.random() < 0.9
             if ok:
-                live.add(worker)
+                live.add(key)
             state = ContextState.WARM if ok else ContextState.FAILED
-            apply(d.handle(ContextStateChanged(worker, CTX, state, 1.0 if ok else None), now))
+            seconds = rng.uniform(0.1, 20.0) if ok else None
+            tier = rng.choice(TIERS) if ok else None
+            apply(d.handle(ContextStateChanged(worker, context, state, seconds, tier), now))
+        elif roll < 0.32 and staging:
+            worker = rng.choice(sorted(staging))
+            context = staging.pop(worker)
+            if rng.random() < 0.3:  # the copy under way, as a worker may report it
+                apply(d.handle(ContextStateChanged(worker, context, ContextState.FETCHING), now))
+            ok = rng.random() < 0.8
+            state = ContextState.STAGED if ok else ContextState.FAILED
+            tier = rng.choice((Tier.HOST, Tier.DISK)) if ok else None
+            apply(d.handle(ContextStateChanged(worker, context, state, tier=tier), now))
+        elif roll < 0.325 and live:
+            # A worker demotes an idle live context (GPU to HOST) to make room for another.
+            idle = sorted(k for k in live if not any(t.worker == k[0] for t in running.values()))
+            if idle:
+                worker, context = key = rng.choice(idle)
+                live.discard(key)
+                staged = ContextStateChanged(worker, context, ContextState.STAGED, tier=Tier.HOST)
+                apply(d.handle(staged, now))
         elif roll < 0.33 and cancelled:
             # A late report of a task the dispatcher already gave up on.
             task = rng.choice(cancelled)
@@ -583,12 +629,14 @@ def test_random_schedule_every_item_ends_exactly_once(seed: int) -> None:
 def test_random_schedules_exercise_failures_and_evictions() -> None:
     # Guards the property test above against degenerate schedules.
     total_failed = total_finished = 0
+    seen: Counter[str] = Counter()
     for seed in range(50):
-        _, finished, failed, _ = run_schedule(seed)
+        _, finished, failed, _ = run_schedule(seed, seen)
         total_failed += len(failed)
         total_finished += len(finished)
     assert total_failed > 0
     assert total_finished > 1000
+    assert seen["StageContext"] > 10 and seen["LoadContext"] > 50 and seen["RestartWorker"]
 
 
 # -- configuration and context identity --------------------------------------------------

@@ -15,6 +15,7 @@ from pervade.core.decisions import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    StageContext,
 )
 from pervade.core.dispatcher import Dispatcher
 from pervade.core.events import (
@@ -51,6 +52,7 @@ __all__ = [
     "RequeueItems",
     "RestartWorker",
     "RunTask",
+    "StageContext",
     "TaskFailed",
     "TaskFinished",
     "TaskOutputs",

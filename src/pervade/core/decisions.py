@@ -12,6 +12,16 @@ class LoadContext:
 
 
 @dataclass(frozen=True, slots=True)
+class StageContext:
+    """Copy this context's artifacts onto the worker's node in the background, without a
+    build and without taking a task slot: its next build then loads from HOST or DISK. The
+    worker reports STAGED when the copy is there (or FAILED if it could not be made)."""
+
+    worker: str
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunTask:
     task: str
     worker: str
@@ -59,4 +69,13 @@ class Abort:
     reason: str
 
 
-Decision = LoadContext | RunTask | CancelTask | RequeueItems | FailItems | RestartWorker | Abort
+Decision = (
+    LoadContext
+    | StageContext
+    | RunTask
+    | CancelTask
+    | RequeueItems
+    | FailItems
+    | RestartWorker
+    | Abort
+)

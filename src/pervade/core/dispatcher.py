@@ -7,7 +7,7 @@ bookkeeping and returns decisions for the caller to carry out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pervade.core.backlog import Backlog
 from pervade.core.config import DispatchConfig
@@ -20,6 +20,7 @@ from pervade.core.decisions import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    StageContext,
 )
 from pervade.core.events import (
     ContextStateChanged,
@@ -32,6 +33,14 @@ from pervade.core.events import (
     WorkerLeft,
 )
 from pervade.core.items import ItemRef
+from pervade.core.load_costs import LoadCosts, Throughput
+from pervade.core.placement import (
+    STAGED_DEFAULT,
+    Demand,
+    WorkerState,
+    choose_build,
+    choose_stage,
+)
 from pervade.core.states import ContextState
 
 
@@ -47,29 +56,6 @@ class DispatchStats:
     requeued_stopped: int = 0  # items handed back unstarted when a task's context broke
 
 
-@dataclass(slots=True)
-class _Worker:
-    name: str
-    joined: float
-    contexts: dict[str, ContextState] = field(default_factory=dict)
-    load_failures: dict[str, int] = field(default_factory=dict)
-    tasks: set[str] = field(default_factory=set)
-    draining: bool = False
-    restarting: bool = False  # its process is being replaced: it takes no work meanwhile
-
-    @property
-    def takes_work(self) -> bool:
-        return not (self.draining or self.restarting)
-
-    def is_live(self, context: str) -> bool:
-        state = self.contexts.get(context)
-        return state is not None and state.is_live
-
-    @property
-    def is_building(self) -> bool:
-        return any(state.is_building for state in self.contexts.values())
-
-
 @dataclass(frozen=True, slots=True)
 class _Task:
     id: str
@@ -83,13 +69,16 @@ class _Task:
 class Dispatcher:
     def __init__(self, config: DispatchConfig | None = None) -> None:
         self.config = config or DispatchConfig()
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, WorkerState] = {}
         self._tasks: dict[str, _Task] = {}
         self._backlogs: dict[str, Backlog] = {}
         self._failures: dict[str, int] = {}
         self._task_seq = 0
         self.stats = DispatchStats()
         self.load_seconds: dict[str, list[float]] = {}
+        self.costs = LoadCosts()  # load seconds by tier, from finished builds
+        self.rates = Throughput()  # items/s of warm workers, from finished tasks
+        self.prefetches = 0  # StageContext decisions made
 
     # -- read-only views -------------------------------------------------------------
 
@@ -135,7 +124,7 @@ class Dispatcher:
                 self._backlogs.setdefault(context, Backlog()).add(items)
             case WorkerJoined(worker=worker, live_contexts=live):
                 if worker not in self._workers:
-                    self._workers[worker] = _Worker(
+                    self._workers[worker] = WorkerState(
                         worker, now, contexts=dict.fromkeys(live, ContextState.WARM)
                     )
             case WorkerLeft(worker=worker):
@@ -147,7 +136,7 @@ class Dispatcher:
             case ContextStateChanged():
                 self._context_changed(event)
             case TaskFinished():
-                decisions += self._task_finished(event)
+                decisions += self._task_finished(event, now)
             case TaskFailed():
                 decisions += self._task_failed(event)
         decisions += self._fill(now)
@@ -160,6 +149,7 @@ class Dispatcher:
         worker = self._workers.pop(name, None)
         if worker is None:
             return []
+        self.rates.forget(name)
         decisions: list[Decision] = []
         if kind == "drained":
             self.stats.graceful_evictions += 1
@@ -183,19 +173,47 @@ class Dispatcher:
         worker = self._workers.get(event.worker)
         if worker is None:
             return
-        worker.contexts[event.context] = event.state
-        if event.state is ContextState.FAILED:
-            worker.load_failures[event.context] = worker.load_failures.get(event.context, 0) + 1
-        if event.load_seconds is not None and event.state.is_live:
-            self.load_seconds.setdefault(event.context, []).append(event.load_seconds)
+        context, state = event.context, event.state
+        staging = worker.staging == context
+        if staging and state is not ContextState.FETCHING:
+            worker.staging = None  # the stage ended, one way or another
+        if state is ContextState.FAILED and staging:
+            # The background copy failed, not a build: no load failure is charged, but this
+            # worker is not asked to stage this context again (it would fail the same way).
+            worker.stage_failures.add(context)
+            if worker.contexts.get(context) is not ContextState.STAGED:
+                worker.contexts[context] = ContextState.ABSENT
+            return
+        if (
+            staging
+            and state is ContextState.FETCHING
+            and not worker.contexts.get(context, ContextState.ABSENT).is_building
+        ):
+            return  # the prefetch copying: nothing is being built on the device
+        if state is ContextState.STAGED:
+            worker.staged_tiers[context] = event.tier or worker.staged_tiers.get(
+                context, STAGED_DEFAULT
+            )
+            if worker.contexts.get(context, ContextState.ABSENT).is_building:
+                return  # a prefetch's late report: the build asked since goes on
+        worker.contexts[context] = state
+        if not state.is_building and state is not ContextState.STAGED:
+            worker.staged_tiers.pop(context, None)
+        if state is ContextState.FAILED:
+            worker.load_failures[context] = worker.load_failures.get(context, 0) + 1
+        if event.load_seconds is not None and state.is_live:
+            self.load_seconds.setdefault(context, []).append(event.load_seconds)
+            self.costs.record(context, event.tier, event.load_seconds)
 
-    def _task_finished(self, event: TaskFinished) -> list[Decision]:
+    def _task_finished(self, event: TaskFinished, now: float) -> list[Decision]:
         task = self._tasks.pop(event.task, None)
         if task is None:
             return []  # a late duplicate of a task already given up on
         worker = self._workers.get(task.worker)
         if worker is not None:
             worker.tasks.discard(task.id)
+        ran = len(task.items) - len(event.unfinished) - len(event.failed)
+        self.rates.finished(task.worker, task.context, ran, task.started, now)
         decisions: list[Decision] = []
         if event.restart and worker is not None and not worker.restarting:
             worker.restarting = True
@@ -292,18 +310,25 @@ class Dispatcher:
                     break
                 worker = min(ready, key=lambda w: len(w.tasks))
                 decisions.append(self._start_task(worker, context, backlog, now))
-        for context in wanted:
-            if not len(self._backlogs[context]):
+        demands = self._demands(wanted)
+        for worker in order:
+            if worker.tasks or not worker.takes_work or worker.is_building:
                 continue
-            for worker in order:
-                if worker.tasks or not worker.takes_work or worker.is_building:
-                    continue
-                if worker.is_live(context):
-                    continue
-                if worker.load_failures.get(context, 0) >= self.config.max_load_failures:
-                    continue
-                worker.contexts[context] = ContextState.LOADING
-                decisions.append(LoadContext(worker.name, context))
+            build = choose_build(
+                worker,
+                demands,
+                self._workers,
+                self.costs,
+                self.rates,
+                self.config.max_load_failures,
+            )
+            if build is None:
+                continue
+            if worker.staging == build:
+                worker.staging = None  # the build takes over the copy the stage began
+            worker.contexts[build] = ContextState.LOADING
+            decisions.append(LoadContext(worker.name, build))
+        for context in wanted:
             if self._workers and all(
                 w.load_failures.get(context, 0) >= self.config.max_load_failures
                 for w in self._workers.values()
@@ -314,14 +339,29 @@ class Dispatcher:
                         f"({len(self._workers)}), {self.config.max_load_failures} times each"
                     )
                 )
+        for worker in order:
+            staged = choose_stage(worker, demands, self.config.max_load_failures)
+            if staged is not None:
+                worker.staging = staged
+                self.prefetches += 1
+                decisions.append(StageContext(worker.name, staged))
         return decisions
+
+    def _demands(self, wanted: list[str]) -> list[Demand]:
+        in_flight = dict.fromkeys(wanted, 0)
+        for task in self._tasks.values():
+            if task.context in in_flight:
+                in_flight[task.context] += len(task.items)
+        return [Demand(c, len(self._backlogs[c]), in_flight[c]) for c in wanted]
 
     def _task_size(self) -> int:
         slots = max(1, len(self._workers)) * self.config.max_in_flight
         size = math.ceil(self.pending / (slots * self.config.tasks_per_slot))
         return max(self.config.min_task_items, min(self.config.max_task_items, size))
 
-    def _start_task(self, worker: _Worker, context: str, backlog: Backlog, now: float) -> RunTask:
+    def _start_task(
+        self, worker: WorkerState, context: str, backlog: Backlog, now: float
+    ) -> RunTask:
         items, group = backlog.take(self._task_size())
         self._task_seq += 1
         task = _Task(f"t{self._task_seq}", worker.name, context, items, now, group)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pervade.core.cache_policy import Tier
 from pervade.core.items import ItemRef
 from pervade.core.states import ContextState
 
@@ -35,10 +36,15 @@ class WorkerDraining:
 
 @dataclass(frozen=True, slots=True)
 class ContextStateChanged:
+    """A context's state on one worker changed. `tier` says where the artifacts came from
+    for a finished build (WARM with `load_seconds`), or where the staged copy is (STAGED);
+    None when the worker did not say (older workers, contexts without artifacts)."""
+
     worker: str
     context: str
     state: ContextState
     load_seconds: float | None = None
+    tier: Tier | None = None
 
 
 @dataclass(frozen=True, slots=True)

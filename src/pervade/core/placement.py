@@ -1,0 +1,139 @@
+"""Where a context build or a prefetch should go: each worker's contexts as the dispatcher
+knows them, and the choices made from them with the measured load costs.
+
+The dispatcher owns the bookkeeping and calls these; they decide nothing about tasks on
+live contexts, which always come first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pervade.core.cache_policy import Tier
+from pervade.core.load_costs import LoadCosts, Throughput, build_pays_off
+from pervade.core.states import ContextState
+
+# The tier a staged copy is taken to be in when the worker did not say.
+STAGED_DEFAULT = Tier.DISK
+
+
+@dataclass(slots=True)
+class WorkerState:
+    name: str
+    joined: float
+    contexts: dict[str, ContextState] = field(default_factory=dict)
+    staged_tiers: dict[str, Tier] = field(default_factory=dict)  # of contexts in STAGED
+    load_failures: dict[str, int] = field(default_factory=dict)
+    tasks: set[str] = field(default_factory=set)
+    draining: bool = False
+    restarting: bool = False  # its process is being replaced: it takes no work meanwhile
+    staging: str | None = None  # the context a prefetch is staging here, at most one
+    stage_failures: set[str] = field(default_factory=set)  # never asked to stage these again
+
+    @property
+    def takes_work(self) -> bool:
+        return not (self.draining or self.restarting)
+
+    def is_live(self, context: str) -> bool:
+        state = self.contexts.get(context)
+        return state is not None and state.is_live
+
+    def holds(self, context: str) -> bool:
+        """Live or staged here: a peer may copy its artifacts from this worker."""
+        state = self.contexts.get(context)
+        return state is not None and (state.is_live or state is ContextState.STAGED)
+
+    @property
+    def is_building(self) -> bool:
+        return any(state.is_building for state in self.contexts.values())
+
+    @property
+    def is_occupied(self) -> bool:
+        """Running or holding something already: time its next context's files can arrive
+        in the background before it is asked to build it."""
+        return (
+            bool(self.tasks)
+            or self.is_building
+            or any(state.is_live for state in self.contexts.values())
+        )
+
+
+def load_tier(worker: WorkerState, context: str, holders: Iterable[WorkerState]) -> Tier:
+    """Where `worker` would get `context` from: its own staged copy, else a peer, else the
+    origin."""
+    if worker.contexts.get(context) is ContextState.STAGED:
+        return worker.staged_tiers.get(context, STAGED_DEFAULT)
+    if any(other is not worker and other.holds(context) for other in holders):
+        return Tier.PEER
+    return Tier.ORIGIN
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """One context's work as placement sees it."""
+
+    context: str
+    pending: int  # items waiting for a task
+    in_flight: int  # items in tasks not yet reported
+
+
+def choose_build(
+    worker: WorkerState,
+    demands: list[Demand],
+    workers: Mapping[str, WorkerState],
+    costs: LoadCosts,
+    rates: Throughput,
+    max_load_failures: int,
+) -> str | None:
+    """The context `worker` (idle) should build, or None.
+
+    Each candidate's expected load (own staged copy < peer < origin, as measured) is weighed
+    by its backlog per worker already on it; a build the context's warm workers would make
+    pointless, by finishing its work before the build completes, is not started."""
+    best: tuple[float, int] | None = None
+    chosen: str | None = None
+    for rank, demand in enumerate(demands):
+        context = demand.context
+        if not demand.pending or worker.is_live(context):
+            continue
+        if worker.load_failures.get(context, 0) >= max_load_failures:
+            continue
+        seconds = costs.estimate(load_tier(worker, context, workers.values()), context)
+        warm = [w.name for w in workers.values() if w.is_live(context) and w.takes_work]
+        remaining = demand.pending + demand.in_flight
+        if not build_pays_off(seconds, remaining, rates.combined(warm, context)):
+            continue
+        serving = sum(
+            1
+            for w in workers.values()
+            if w.takes_work
+            and (w.is_live(context) or w.contexts.get(context, ContextState.ABSENT).is_building)
+        )
+        # Seconds of build per item of backlog each of its workers would have: cheap loads of
+        # contexts short of workers first. The small constant keeps a free (GPU) load
+        # comparable across backlogs.
+        score = (seconds + 1e-3) * (1 + serving) / demand.pending
+        if best is None or (score, rank) < best:
+            best, chosen = (score, rank), context
+    return chosen
+
+
+def choose_stage(worker: WorkerState, demands: list[Demand], max_load_failures: int) -> str | None:
+    """The context whose artifacts `worker` should stage in the background, or None: one
+    with waiting work that it neither holds nor builds, while it is busy with another (so
+    that the copy overlaps useful work), at most one at a time, never on a worker leaving."""
+    if not worker.takes_work or worker.staging is not None or not worker.is_occupied:
+        return None
+    candidates = [
+        d
+        for d in demands
+        if d.pending
+        and not worker.holds(d.context)
+        and not worker.contexts.get(d.context, ContextState.ABSENT).is_building
+        and d.context not in worker.stage_failures
+        and worker.load_failures.get(d.context, 0) < max_load_failures
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda d: d.pending).context
