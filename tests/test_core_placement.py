@@ -16,6 +16,7 @@ from pervade.core import (
     WorkerJoined,
 )
 from pervade.core.cache_policy import Tier
+from pervade.core.placement import STAGE_TIMEOUT
 from tests.test_core_dispatcher import CTX, config, join_warm, of, refs
 
 B, C, Z = "ctx-b", "ctx-c", "ctx-z"
@@ -157,3 +158,12 @@ def test_a_late_staged_report_does_not_end_a_build_asked_since() -> None:
     d.handle(ItemsSubmitted(C, refs("c", 4)), 1.0)
     out = d.handle(ContextStateChanged("w1", B, ContextState.STAGED, tier=Tier.DISK), 2.0)
     assert of(LoadContext, out) == []  # w1 is still building B: no second build
+
+
+def test_a_stage_that_never_reports_is_given_up_after_a_while() -> None:
+    d = Dispatcher(config())
+    busy_on_z(d, "w1")
+    assert d.handle(ItemsSubmitted(B, refs("b", 4)), 0.0) == [StageContext("w1", B)]
+    assert d.handle(ItemsSubmitted(C, refs("c", 4)), 10.0) == []  # still copying B
+    out = d.handle(ItemsSubmitted(C, refs("d", 4)), STAGE_TIMEOUT + 1.0)
+    assert out == [StageContext("w1", C)]  # B is not asked again: it failed silently once

@@ -35,6 +35,7 @@ from pervade.core.events import (
 from pervade.core.items import ItemRef
 from pervade.core.load_costs import LoadCosts, Throughput
 from pervade.core.placement import (
+    STAGE_TIMEOUT,
     STAGED_DEFAULT,
     Demand,
     WorkerState,
@@ -340,9 +341,12 @@ class Dispatcher:
                     )
                 )
         for worker in order:
+            if worker.staging is not None and now - worker.staging_since > STAGE_TIMEOUT:
+                worker.stage_failures.add(worker.staging)
+                worker.staging = None
             staged = choose_stage(worker, demands, self.config.max_load_failures)
             if staged is not None:
-                worker.staging = staged
+                worker.staging, worker.staging_since = staged, now
                 self.prefetches += 1
                 decisions.append(StageContext(worker.name, staged))
         return decisions

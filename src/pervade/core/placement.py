@@ -16,6 +16,9 @@ from pervade.core.states import ContextState
 
 # The tier a staged copy is taken to be in when the worker did not say.
 STAGED_DEFAULT = Tier.DISK
+# Seconds after which a prefetch that never reported is taken as failed: a worker whose
+# copy failed without a word must not go without prefetches for the rest of the run.
+STAGE_TIMEOUT = 900.0
 
 
 @dataclass(slots=True)
@@ -29,6 +32,7 @@ class WorkerState:
     draining: bool = False
     restarting: bool = False  # its process is being replaced: it takes no work meanwhile
     staging: str | None = None  # the context a prefetch is staging here, at most one
+    staging_since: float = 0.0
     stage_failures: set[str] = field(default_factory=set)  # never asked to stage these again
 
     @property
