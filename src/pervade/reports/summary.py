@@ -41,6 +41,14 @@ def summary_rows(
                 f"{stats.infer_seconds:.1f} s inferring ({100 * stats.infer_seconds / busy:.0f}%)",
             )
         )
+    if stats.prefetches or stats.staged:
+        rows.append(
+            (
+                "prefetch",
+                f"{stats.prefetches} contexts staged ahead of their build; "
+                f"{stats.staged} times a context's files were on a node with nothing live",
+            )
+        )
     if stats.items_per_second or stats.results:
         rate = stats.results / wall_seconds if wall_seconds > 0 else 0.0
         rows.append(("throughput", f"{rate:.1f} items/s over the run"))

@@ -34,6 +34,7 @@ from pervade.core import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    StageContext,
     TaskFailed,
     TaskFinished,
     WorkerDraining,
@@ -41,12 +42,14 @@ from pervade.core import (
     WorkerLeft,
 )
 from pervade.core.accounting import Ledger
+from pervade.core.load_costs import parse_tier
 from pervade.journal import Accepted, Journal, Outcome
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
+from pervade.runtime.prefetching import Answer, Prefetches
 from pervade.runtime.stats import RunStats
 from pervade.runtime.submit import restart_worker, submit_load, submit_task
 from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
@@ -97,6 +100,7 @@ class Driver:
         self._last_load_error = ""
         self._polled = False
         self._loads: dict[tuple[str, str], Future[float]] = {}
+        self._stages = Prefetches()
         self._started = time.monotonic()
 
     # -- the loop --------------------------------------------------------------------
@@ -230,6 +234,7 @@ class Driver:
             self.journal.record_worker_event(worker, self.core.departure(worker))
             for key in [k for k in self._loads if k[0] == worker]:
                 self._loads.pop(key).cancel()
+            self._stages.left(worker)
             for key in [k for k in self._states if k[0] == worker]:
                 del self._states[key]
             self._handle(WorkerLeft(worker))
@@ -242,14 +247,22 @@ class Driver:
             if worker not in self._workers:
                 return
             self._states[(worker, context)] = state
+            key = (worker, context)
+            staging = key in self._stages and key not in self._loads
+            if state is not ContextState.FETCHING:
+                self._stages.ended(key)  # the prefetch ended, or a build took it over
+            if state is ContextState.STAGED:
+                self.stats.staged += 1
             # States reach the core from these messages, which arrive in the order the
             # worker sent them (a future's callback may overtake them). A failed build
-            # alone is reported by the load future, so that it is never counted twice.
-            if state is not ContextState.FAILED:
+            # alone is reported by the load future, so that it is never counted twice; a
+            # failed prefetch has no other report.
+            if state is not ContextState.FAILED or staging:
                 seconds = message.get("load_seconds")
                 if state is ContextState.WARM and seconds:
                     self._record_load(worker, context, float(seconds), message)
-                self._handle(ContextStateChanged(worker, context, state, seconds))
+                tier = parse_tier(message.get("tier"))  # absent from older workers
+                self._handle(ContextStateChanged(worker, context, state, seconds, tier))
         elif kind == "drain":
             _timestamp, message = payload
             self._handle(WorkerDraining(message["worker"]))
@@ -257,6 +270,8 @@ class Driver:
             self._task_done(*payload)
         elif kind == "load":
             self._load_done(*payload)
+        elif kind == "stage":
+            self._stage_done(*payload)
 
     def _fetch(self, kind: str, key: Any, future: Future[Any]) -> None:
         """On Dask's callback thread: fetch without blocking; the driver thread handles it."""
@@ -328,6 +343,14 @@ class Driver:
             self._states[(worker, context)] = ContextState.FAILED
             self._handle(ContextStateChanged(worker, context, ContextState.FAILED))
 
+    def _stage_done(self, key: tuple[str, str], future: Answer) -> None:
+        state = self._stages.answer(key, future)
+        if state is None or key in self._loads or key[0] not in self._workers:
+            return  # nothing to tell, or a build under way there reports for itself
+        if state is not ContextState.FAILED:
+            self._states[key] = state
+        self._handle(ContextStateChanged(*key, state))
+
     def _record_load(self, worker: str, context: str, seconds: float, got: dict[str, Any]) -> None:
         self.stats.context_loads += 1
         self.stats.load_seconds += seconds
@@ -359,6 +382,11 @@ class Driver:
                 loading = submit_load(self.client, self.job, key, worker)
                 self._loads[(worker, context)] = loading
                 loading.add_done_callback(partial(self._fetch, "load", (worker, context)))
+            case StageContext(worker=worker, context=context):
+                # The core knows only the contexts this driver submitted: the job's.
+                assert context == self._context, context
+                self.stats.prefetches += 1
+                self._stages.ask(self.client, self.job.context, worker, partial(self._put, "stage"))
             case CancelTask(task=task):
                 cancelled = self._futures.pop(task, None)
                 if cancelled is not None:

@@ -31,6 +31,8 @@ class RunStats:
     rerun_items: int = 0  # items whose work was lost at least once and ran again
     goodput: Goodput = field(default_factory=Goodput)
     load_tiers: Counter[str] = field(default_factory=Counter)  # context loads by artifact tier
+    prefetches: int = 0  # contexts whose artifacts were asked to be staged ahead of a build
+    staged: int = 0  # reports of a context staged on a node with nothing live (prefetch, demotion)
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
 

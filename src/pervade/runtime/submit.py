@@ -1,7 +1,9 @@
-"""Sending a task or a context build to one named worker, or a worker to be restarted."""
+"""Sending a task, a context build or a prefetch to one named worker, or a worker to be
+restarted."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -9,7 +11,9 @@ import threading
 from distributed import Client, Future
 
 from pervade.core import Item
+from pervade.core.context import ContextSpec
 from pervade.runtime.job import Job
+from pervade.worker.prefetch import prefetch_context
 from pervade.worker.tasks import TaskReport, load_context, run_task
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,29 @@ def submit_load(client: Client, job: Job, key: str, worker: str) -> Future[float
         pure=False,
         retries=0,
     )
+
+
+def submit_stage(
+    client: Client, spec: ContextSpec, worker: str
+) -> concurrent.futures.Future[str | None]:
+    """Ask `worker` to stage `spec`'s artifacts in the background. Through `Client.run`, so
+    it neither waits behind the worker's queued tasks nor takes a task slot; on a thread of
+    its own, so the driver goes on meanwhile. The future holds what `prefetch_context`
+    returned (None: a copy started), or its error."""
+    future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+
+    def stage() -> None:
+        try:
+            answers = client.run(prefetch_context, spec, workers=[worker])
+            if worker not in answers:
+                raise RuntimeError(f"worker {worker} did not answer the prefetch")
+            future.set_result(answers[worker])
+        except Exception as exc:  # the worker may be gone, or cannot prefetch
+            future.set_exception(exc)
+
+    # A daemon thread: a driver closing does not wait on a worker that went away.
+    threading.Thread(target=stage, name="pervade-stage", daemon=True).start()
+    return future
 
 
 def restart_worker(client: Client, worker: str, reason: str) -> None:
