@@ -91,3 +91,37 @@ def test_the_summary_shows_prefetches_only_when_there_were_some() -> None:
     stats.prefetches, stats.staged = 3, 4
     rows = dict(summary_rows(stats, 1.0, None, {}))
     assert rows["prefetch"].startswith("3 contexts staged")
+
+
+@pytest.mark.cluster
+def test_a_stage_reaches_a_busy_worker_at_once_and_reports_staged() -> None:
+    # In-process workers keep this cheap; the worker's one task slot is held by a sleeping
+    # task, which a prefetch sent as a task would wait behind.
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from pervade.runtime.submit import submit_stage
+    from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
+
+    spec = ContextSpec(loader="builtins:dict", args={"staged": 1})
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(ContextHostPlugin(peers=False))
+        messages: list[dict[str, Any]] = []
+        client.subscribe_topic(STATE_TOPIC, lambda event: messages.append(event[1]))
+        [address] = client.scheduler_info()["workers"]
+        busy = client.submit(time.sleep, 5.0, pure=False)
+        time.sleep(0.5)
+        began = time.monotonic()
+        assert submit_stage(client, spec, address).result(timeout=10) is None
+        assert time.monotonic() - began < 3.0, "the prefetch waited for the task slot"
+        deadline = time.monotonic() + 10
+        while not any(m["state"] == "staged" for m in messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [m["context"] for m in messages if m["state"] == "staged"] == [spec.id]
+        assert not busy.done()
