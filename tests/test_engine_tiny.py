@@ -376,3 +376,9 @@ def test_a_row_that_runs_out_of_memory_alone_fails_alone(model_dir: Path) -> Non
     engine.model.forward = _RaiseWhenBig(engine.model.forward, limit=0)
     out = engine.choose(PROMPTS[:2], CHOICES)
     assert all(isinstance(o, ItemError) and "out of memory" in o.message for o in out)
+
+
+def test_engine_loads_its_weights_through_the_fast_loader(engine: HFEngine) -> None:
+    report = engine.load_report
+    assert report is not None and report.method == "fast" and report.reason is None
+    assert report.bytes > 0 and 0 < report.seconds <= engine.load_seconds

@@ -18,12 +18,13 @@ import torch
 # Imported with the module, not at the first load: a worker process forked from a server that
 # has imported this module (the local cluster's forkserver) then builds a context in about a
 # second instead of paying several seconds of imports after every restart.
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers import PreTrainedTokenizerFast as _FastTokenizers  # noqa: F401  (same reason)
 from transformers.utils import logging as hf_logging
 
 from pervade.core.items import ItemError
 from pervade.engines.device import pick_device, pick_dtype
+from pervade.engines.fast_load import LoadReport, load_causal_lm
 from pervade.engines.protocol import Choice, Generation
 
 _R = TypeVar("_R")
@@ -73,6 +74,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.load_seconds = 0.0
+        self.load_report: LoadReport | None = None  # how the weights were loaded
         self.oom_splits = 0  # batches halved because the device ran out of memory
         self._pad_id = _pad_token_id(tokenizer, model)
 
@@ -93,12 +95,10 @@ class HFEngine:
         started = time.perf_counter()
         dev = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(dtype, dev), device_map=str(dev) if dev.type != "cpu" else None
-        )
-        model.eval()
+        model, report = load_causal_lm(path, dev, pick_dtype(dtype, dev))
         engine = cls(model, tokenizer, dev, batch_size, max_batch_tokens)
         engine.load_seconds = time.perf_counter() - started
+        engine.load_report = report
         return engine
 
     @property

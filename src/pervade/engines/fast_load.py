@@ -1,0 +1,388 @@
+"""Build a Hugging Face causal LM from a local folder with the fewest copies of its weights.
+
+The model's skeleton is built with its parameters on the meta device (no memory, no random
+initialisation); its buffers are built for real by the modules' own constructors, so values
+that no file holds (the rotary `inv_freq`) are what `from_pretrained` gives too. Each
+safetensors file's data region is then read, once, into one byte buffer on the target device,
+and the tensors are views of it: ``load_state_dict(..., assign=True)`` takes them as they are,
+tied weights are tied again, and a dtype conversion, where the file's dtype is not the one
+asked for, happens once, on the device.
+
+Reading uses several threads of `os.preadv`: the kernel's copy out of tmpfs or the page cache
+runs outside the GIL, on several cores at once. To a GPU the bytes go through two pinned
+bounce buffers: while one is copied to the device on a stream of its own, the readers fill
+the other. (Pageable memory reaches a GPU only through the driver's own small staging buffers,
+one synchronous copy at a time.)
+
+Whatever the fast path does not handle (no safetensors, quantised or remote-code models,
+modules kept in fp32, checkpoint names that need mapping) goes to `from_pretrained`, and the
+reason is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mmap
+import os
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+try:
+    from transformers.initialization import no_init_weights
+except ImportError:  # transformers 4
+    from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+BOUNCE_BYTES = 256 * MiB  # each of the two pinned buffers
+_PIECE = 16 * MiB  # the least one reader thread is given: smaller reads cost more than they gain
+_MAX_HEADER = 100 * MiB  # safetensors' own limit on the JSON header
+
+_DTYPES: dict[str, torch.dtype] = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        _DTYPES[_name] = getattr(torch, _attr)
+
+
+class FallbackNeeded(Exception):
+    """The fast path cannot build this model; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    method: str  # "fast" or "from_pretrained"
+    seconds: float  # folder to a model on its device, in eval mode
+    bytes: int  # weight bytes the fast path read (0 under from_pretrained)
+    reason: str | None = None  # why from_pretrained was used
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # byte offsets into the file's data region
+    end: int
+
+
+def load_causal_lm(
+    folder: Path, device: torch.device, dtype: torch.dtype, readers: int | None = None
+) -> tuple[Any, LoadReport]:
+    """The model of `folder` on `device` in `dtype`, in eval mode, and how it was loaded."""
+    started = time.perf_counter()
+    try:
+        model, moved = fast_build(folder, device, dtype, readers=readers)
+        return model, LoadReport("fast", time.perf_counter() - started, moved)
+    except FallbackNeeded as why:
+        logger.warning("pervade: loading %s with from_pretrained: %s", folder, why)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, device_map=str(device) if device.type != "cpu" else None
+        )
+        model.eval()
+        return model, LoadReport("from_pretrained", time.perf_counter() - started, 0, str(why))
+
+
+def fast_build(
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    readers: int | None = None,
+    bounce: bool | None = None,
+    bounce_bytes: int = BOUNCE_BYTES,
+) -> tuple[Any, int]:
+    """The model and the weight bytes read; `FallbackNeeded` where the fast path cannot.
+
+    `bounce` (default: on any device but the CPU) sends the bytes through two bounce
+    buffers; on the CPU that is only for testing the bounce logic without a GPU.
+    """
+    files = weight_files(folder)
+    model = skeleton(folder, dtype)
+    threads = readers or min(8, os.cpu_count() or 1)
+    use_bounce = device.type != "cpu" if bounce is None else bounce
+    tensors: dict[str, torch.Tensor] = {}
+    moved = 0
+    with ThreadPoolExecutor(threads, thread_name_prefix="pervade-read") as pool:
+        reader = Readers(pool, threads)
+        buffers = Bounce(device, bounce_bytes) if use_bounce else None
+        for file in files:
+            offset, entries = read_header(file)
+            if buffers is None and device.type == "cpu" and _converts(entries, dtype):
+                found, size = read_converting(file, offset, entries, dtype)
+            else:
+                found, size = read_file(file, offset, entries, device, reader, buffers)
+            tensors.update(found)
+            moved += size
+    assemble(model, tensors, device, dtype)
+    # As from_pretrained does: the folder's generation settings (eos ids, sampling
+    # defaults), where it has them, override those derived from the model's config.
+    with contextlib.suppress(OSError):
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    model.eval()
+    return model, moved
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, one or the shards its index names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no weight_map")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are not there: {missing}")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FallbackNeeded("no model.safetensors or model.safetensors.index.json in the folder")
+
+
+def skeleton(folder: Path, dtype: torch.dtype) -> Any:
+    """The model with parameters on the meta device and real, initialised buffers."""
+    config = AutoConfig.from_pretrained(folder)
+    if getattr(config, "quantization_config", None):
+        raise FallbackNeeded("the model is quantised")
+    if getattr(config, "auto_map", None):
+        raise FallbackNeeded("the model comes with its own code (auto_map)")
+    # include_buffers=False: buffers such as rotary inv_freq are computed by the module
+    # constructors as usual (they are in no file); only parameters go to the meta device.
+    # no_init_weights: the random initialisation of meta parameters does nothing but
+    # still costs a dispatch per call (0.3 s for a 135M model).
+    try:
+        with init_empty_weights(include_buffers=False), no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except ValueError as exc:  # an architecture AutoModelForCausalLM does not know
+        raise FallbackNeeded(f"no causal LM class for this config: {exc}") from None
+    if dtype != torch.float32 and (
+        getattr(model, "_keep_in_fp32_modules", None)
+        or getattr(model, "_keep_in_fp32_modules_strict", None)
+    ):
+        raise FallbackNeeded("the model keeps some modules in float32")
+    return model
+
+
+def read_header(path: Path) -> tuple[int, list[TensorEntry]]:
+    """The offset of a safetensors file's data region and the tensors in it."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (length,) = struct.unpack("<Q", head)
+        if length > _MAX_HEADER:
+            raise ValueError(f"{path}: not a safetensors file (header of {length} bytes)")
+        header = json.loads(f.read(length))
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise FallbackNeeded(f"{path.name}: tensor dtype {info['dtype']} is not handled")
+        begin, end = info["data_offsets"]
+        entries.append(TensorEntry(name, dtype, tuple(info["shape"]), int(begin), int(end)))
+    return 8 + length, entries
+
+
+class Readers:
+    """Fills a buffer from a file with parallel preads: the kernel copies outside the GIL."""
+
+    def __init__(self, pool: ThreadPoolExecutor, threads: int) -> None:
+        self.pool = pool
+        self.threads = threads
+
+    def fill(self, fd: int, into: memoryview, offset: int) -> None:
+        size = len(into)
+        step = max(_PIECE, -(-size // self.threads))
+        step = -(-step // MiB) * MiB  # whole MiB: page-aligned reads
+        if size <= step:
+            _pread_all(fd, into, offset)
+            return
+        parts = [
+            self.pool.submit(_pread_all, fd, into[start : start + step], offset + start)
+            for start in range(0, size, step)
+        ]
+        for part in parts:
+            part.result()
+
+
+def _pread_all(fd: int, into: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(into):  # a read may be short (Linux moves at most ~2 GiB per call)
+        got = os.preadv(fd, [into[done:]], offset + done)
+        if got == 0:
+            raise EOFError(f"file ended {len(into) - done} bytes before the tensors it lists")
+        done += got
+
+
+class Bounce:
+    """Two host buffers that bytes pass through on their way to a device: while one is copied
+    to the device asynchronously on a stream of its own, the readers fill the other.
+
+    On CUDA the buffers are pinned (torch caches pinned blocks, so the next load reuses
+    them); on the CPU they are plain and the copies synchronous, which tests the same logic.
+    """
+
+    def __init__(self, device: torch.device, size: int = BOUNCE_BYTES) -> None:
+        if size < 1:
+            raise ValueError(f"bounce buffers need a positive size, got {size}")
+        cuda = device.type == "cuda"
+        self.buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+        self.views = [b.numpy().data for b in self.buffers]
+        self.stream = torch.cuda.Stream(device) if cuda else None
+
+    def copy(self, fd: int, offset: int, dest: torch.Tensor, readers: Readers) -> None:
+        """Copy ``dest.numel()`` bytes of the file at `offset` into the uint8 tensor `dest`."""
+        size = self.buffers[0].numel()
+        total = dest.numel()
+        stream = self.stream
+        done: list[Any] = [None, None]  # per buffer: the event of its last copy out
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(dest.device))
+        for i, start in enumerate(range(0, total, size)):
+            slot = i % 2
+            count = min(size, total - start)
+            if done[slot] is not None:
+                done[slot].synchronize()  # its previous chunk has left for the device
+            readers.fill(fd, self.views[slot][:count], offset + start)
+            source = self.buffers[slot][:count]
+            if stream is None:
+                dest[start : start + count].copy_(source)
+                continue
+            with torch.cuda.stream(stream):
+                dest[start : start + count].copy_(source, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+            done[slot] = event
+        if stream is not None:
+            # Everything has landed before anyone uses `dest` (or frees it) on another stream.
+            stream.synchronize()
+
+
+def read_file(
+    path: Path,
+    offset: int,
+    entries: list[TensorEntry],
+    device: torch.device,
+    readers: Readers,
+    bounce: Bounce | None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors of one safetensors file on `device` (views of one buffer), and its bytes."""
+    size = _data_size(path, offset, entries)
+    data = torch.empty(size, dtype=torch.uint8, device=device)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if bounce is not None:
+            bounce.copy(fd, offset, data, readers)
+        elif device.type == "cpu":
+            readers.fill(fd, data.numpy().data, offset)
+        else:
+            raise ValueError(f"reading to {device} needs bounce buffers")
+    finally:
+        os.close(fd)
+    return {e.name: _view(data, e) for e in entries}, size
+
+
+def read_converting(
+    path: Path, offset: int, entries: list[TensorEntry], dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors of one file on the CPU, floats converted to `dtype` straight out of the
+    page cache through a mapping: one pass over the bytes instead of a copy and a conversion.
+    Nothing keeps the mapping: the model must not depend on the file staying put."""
+    size = _data_size(path, offset, entries)
+    with open(path, "rb") as f:
+        # ACCESS_COPY: a writable (private) mapping, which torch.frombuffer wants.
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    if mapped is None:
+        return {e.name: _view(torch.empty(0, dtype=torch.uint8), e) for e in entries}, 0
+    data = torch.frombuffer(mapped, dtype=torch.uint8)[offset : offset + size]
+    out = {}
+    for entry in entries:
+        view = _view(data, entry)
+        out[entry.name] = view.to(dtype) if _float(entry.dtype) else view.clone()
+    return out, size
+
+
+def _converts(entries: list[TensorEntry], dtype: torch.dtype) -> bool:
+    return any(_float(e.dtype) and e.dtype != dtype for e in entries)
+
+
+def _float(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point
+
+
+def _data_size(path: Path, offset: int, entries: list[TensorEntry]) -> int:
+    size = max((e.end for e in entries), default=0)
+    if offset + size > path.stat().st_size:
+        raise ValueError(f"{path}: shorter than the tensors its header lists")
+    return size
+
+
+def _view(data: torch.Tensor, entry: TensorEntry) -> torch.Tensor:
+    raw = data[entry.begin : entry.end]
+    itemsize = torch.empty((), dtype=entry.dtype).element_size()
+    if entry.begin % itemsize:
+        raw = raw.clone()  # a typed view needs its offset to be a whole number of elements
+    return raw.view(entry.dtype).reshape(entry.shape)
+
+
+def assemble(
+    model: Any, tensors: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> None:
+    """Put the file tensors into the skeleton, tie the tied weights, move the buffers."""
+    expected = model.state_dict()
+    # Non-persistent buffers some old checkpoints still hold (rotary inv_freq): the model's
+    # own values are the ones used, as in from_pretrained.
+    unknown = sorted(k for k in tensors if k not in expected and not _is_buffer(model, k))
+    if unknown:
+        raise FallbackNeeded(f"checkpoint names the model does not have: {unknown[:5]}")
+    state = {k: _converted(v, expected[k].dtype) for k, v in tensors.items() if k in expected}
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise FallbackNeeded(f"tensors of another shape than the model's: {wrong[:5]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    # The skeleton's tied head still points at the meta embedding it was built with.
+    model.tie_weights()
+    empty = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if empty:
+        raise FallbackNeeded(f"weights missing from the files: {empty[:5]}")
+    model.to(device)  # the buffers, built on the CPU; parameters are already there
+
+
+def _converted(tensor: torch.Tensor, want: torch.dtype) -> torch.Tensor:
+    """The dtype the model's parameter has (the requested one for floats), converted once."""
+    if tensor.dtype == want or not (tensor.is_floating_point() and want.is_floating_point):
+        return tensor
+    return tensor.to(want)
+
+
+def _is_buffer(model: Any, name: str) -> bool:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return False
+    return attr in getattr(module, "_buffers", {})
