@@ -27,6 +27,8 @@ def test_first_load_copies_from_origin_and_later_ones_hit_the_disk(
     # Worker processes inherit these: they all share one node-local cache directory.
     monkeypatch.setenv("PERVADE_ARTIFACT_CACHE", str(cache))
     monkeypatch.setenv("PERVADE_CACHE", str(tmp_path / "pervade"))
+    # The DISK tier alone: with the HOST (tmpfs) tier on, later loads would hit HOST.
+    monkeypatch.setenv("PERVADE_HOST_CACHE_LIMIT", "0")
     weights = tmp_path / "origin" / "weights.bin"
     weights.parent.mkdir()
     weights.write_bytes(bytes(range(256)) * 400)

@@ -14,11 +14,13 @@ from pervade.worker.plugin import ContextHostPlugin
 
 
 class FakeWorker:
-    """What the plugin uses of a Dask worker: its address and its event log."""
+    """What the plugin uses of a Dask worker: its address, its event log and its comm
+    handlers (nothing here reaches the scheduler: no peer holds anything)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.handlers: dict[str, Any] = {}
 
     def log_event(self, topic: str, message: dict[str, Any]) -> None:
         self.events.append((topic, message))
@@ -27,7 +29,9 @@ class FakeWorker:
 def test_option_sets_the_cache_and_loads_report_tier_and_bytes(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    plugin = ContextHostPlugin(cache_dir=str(tmp_path / "c"), cache_limit="1MB")
+    plugin = ContextHostPlugin(
+        cache_dir=str(tmp_path / "c"), cache_limit="1MB", host_cache_limit=0, peers=False
+    )
     worker = FakeWorker(f"fake://{request.node.nodeid}")
     plugin.setup(worker)
     assert plugin.host is not None and plugin.host.cache is not None
@@ -48,7 +52,7 @@ def test_a_cache_directory_that_cannot_be_made_means_reading_origins(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    plugin = ContextHostPlugin(cache_dir=str(blocker / "cache"))
+    plugin = ContextHostPlugin(cache_dir=str(blocker / "cache"), host_cache_limit=0)
     with caplog.at_level(logging.WARNING):
         plugin.setup(FakeWorker(f"fake://{request.node.nodeid}"))
     assert plugin.host is not None and plugin.host.cache is None

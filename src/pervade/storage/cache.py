@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,11 @@ from pervade.storage.sources import OriginSource, Source, records_of
 CACHE_ENV = "PERVADE_ARTIFACT_CACHE"
 LIMIT_ENV = "PERVADE_ARTIFACT_CACHE_LIMIT"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+
+# What `stage` fetches from on a miss: a Source, or a callable that makes one. A callable is
+# called only on a miss, under the entry's fetch lock, so a source that looks around (for
+# peers that hold the artifact) looks after the wait, not before it.
+SourceOrFactory = Source | Callable[[], Source]
 
 
 class ArtifactMismatch(RuntimeError):
@@ -64,20 +69,28 @@ class Staged:
     """A local copy of an artifact and what it cost to get it there."""
 
     path: Path
-    tier: Tier  # DISK: it was cached; else the tier of the source it was copied from now
+    tier: Tier  # the cache's tier (DISK, HOST) if it was cached; else its source's tier
     bytes: int  # bytes moved (0 on a hit)
     seconds: float
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, limit: int | None = None, margin: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limit: int | None = None,
+        margin: int = 1 << 30,
+        tier: Tier = Tier.DISK,
+    ) -> None:
         """`limit`: bytes the entries may hold (None: no limit); `margin`: disk space
-        always left free, so a full cache evicts before a copy fails for want of space."""
+        always left free, so a full cache evicts before a copy fails for want of space;
+        `tier`: what a hit reports (DISK for a local disk, HOST for tmpfs)."""
         if limit is not None and limit <= 0:
             raise ValueError(f"artifact cache limit must be positive, got {limit}")
         self.root = root
         self.limit = limit
         self.margin = margin
+        self.tier = tier
         self._partial = root / ".partial"
         self._locks = root / ".locks"
         self._partial.mkdir(parents=True, exist_ok=True)
@@ -122,6 +135,10 @@ class ArtifactCache:
         self._touch(digest)
         return self._local(manifest)
 
+    def manifest(self, digest: str) -> Manifest | None:
+        """The manifest of a complete entry, unchecked (`get` checks the files)."""
+        return self._manifest(digest)
+
     def _manifest(self, digest: str) -> Manifest | None:
         path = self.manifest_path(digest)
         try:
@@ -164,7 +181,7 @@ class ArtifactCache:
 
     # -- staging ---------------------------------------------------------------------
 
-    def stage(self, artifact: Artifact, source: Source | None = None) -> Staged:
+    def stage(self, artifact: Artifact, source: SourceOrFactory | None = None) -> Staged:
         """A verified local copy of `artifact`, pinned until `unpin(artifact.digest)`:
         the cached one, else one fetched from `source` (by default its origin); a corrupt
         entry is replaced. A failed fetch leaves nothing behind but the error."""
@@ -176,7 +193,7 @@ class ArtifactCache:
         try:
             found = self.get(digest)
             if found is not None:
-                return Staged(found, Tier.DISK, 0, time.perf_counter() - started)
+                return Staged(found, self.tier, 0, time.perf_counter() - started)
             with self._guard:
                 local = self._fetching.setdefault(digest, threading.Lock())
             # One fetch per digest: threads of this process wait on `local`, other processes
@@ -184,13 +201,18 @@ class ArtifactCache:
             with local, self._flock(self._locks / f"{digest}.fetch", fcntl.LOCK_EX):
                 found = self.get(digest)
                 if found is not None:
-                    return Staged(found, Tier.DISK, 0, time.perf_counter() - started)
+                    return Staged(found, self.tier, 0, time.perf_counter() - started)
                 self._remove(digest)  # partial or corrupt
-                source = source or OriginSource(artifact)
-                moved = self._fetch(artifact, source)
+                if source is None:
+                    chosen: Source = OriginSource(artifact)
+                elif callable(source):
+                    chosen = source()
+                else:
+                    chosen = source
+                moved = self._fetch(artifact, chosen)
                 self._touch(digest)
                 found = self._local(self._manifest_or_fail(digest))
-                return Staged(found, source.tier, moved, time.perf_counter() - started)
+                return Staged(found, chosen.tier, moved, time.perf_counter() - started)
         except BaseException:
             self.unpin(digest)
             raise

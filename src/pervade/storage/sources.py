@@ -9,12 +9,13 @@ passes one that pulls from another worker into the directory it is given.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Protocol
 
 from pervade.core.cache_policy import Tier
 from pervade.core.context import Artifact
-from pervade.storage.digests import FileRecord, hash_file, list_files
+from pervade.storage.digests import FileRecord, Manifest, hash_file, list_files
 
 
 class Source(Protocol):
@@ -57,6 +58,35 @@ class OriginSource:
                 os.fsync(out.fileno())
             stat = target.stat()
             records.append(FileRecord(relative, stat.st_size, sha, stat.st_mtime_ns))
+        return records
+
+
+class CopySource:
+    """Copy a verified entry of another local cache (DISK into HOST). Its manifest's
+    digests are trusted: the entry was checked when it was staged, and hashing it again
+    would cost as much as the copy. Sizes are checked, so a short copy is never published."""
+
+    def __init__(self, entry: Path, manifest: Manifest, tier: Tier) -> None:
+        self.tier = tier  # the tier the bytes come from (the load reports that one)
+        self.where = str(entry)
+        self.kind = manifest.kind
+        self.size = manifest.size
+        self._entry = entry
+        self._files = manifest.files
+
+    def fill(self, partial: Path) -> list[FileRecord]:
+        records: list[FileRecord] = []
+        for record in self._files:
+            target = partial / record.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self._entry / record.path, target)
+            stat = target.stat()
+            if stat.st_size != record.size:
+                raise OSError(
+                    f"copy of {self._entry / record.path} has {stat.st_size} bytes, "
+                    f"its manifest says {record.size}"
+                )
+            records.append(FileRecord(record.path, record.size, record.sha256, stat.st_mtime_ns))
         return records
 
 

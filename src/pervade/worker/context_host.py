@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pervade.core.cache_policy import Tier
-from pervade.core.context import Artifact, ContextSpec
+from pervade.core.context import ContextSpec
 from pervade.core.states import ContextState
-from pervade.storage.cache import ArtifactCache, is_digest
+from pervade.storage.cache import ArtifactCache
 from pervade.worker.imports import resolve_import
+from pervade.worker.staging import Remote, StagingChain
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,8 @@ class _Entry:
     value: Any = None
     load_seconds: float | None = None
     error: str | None = None
-    pins: tuple[str, ...] = ()  # cache entries this context holds from eviction while live
+    # Cache entries this context holds from eviction while live.
+    pins: tuple[tuple[ArtifactCache, str], ...] = ()
     # One lock per context: it serializes the build and the use, so two tasks never drive
     # one model at once and a second task waits for the first build instead of repeating it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,11 +67,16 @@ class ContextHost:
         notify: Notify = _ignore,
         report_use: bool = True,
         cache: ArtifactCache | None = None,
+        host_cache: ArtifactCache | None = None,
+        remote: Remote | None = None,
     ) -> None:
-        """Without a `cache`, artifacts are read where they are (their origin)."""
+        """`cache`: the DISK tier, `host_cache`: the HOST tier (tmpfs), `remote`: peers and
+        the origin-reader limit. Without caches, artifacts are read at their origin."""
         self._notify = notify
         self._report_use = report_use
         self.cache = cache
+        self.host_cache = host_cache
+        self.staging = StagingChain(cache, host_cache, remote)
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
         # Set when this worker has been told it will be evicted: tasks hand back what they
@@ -126,13 +135,56 @@ class ContextHost:
                 self._set(entry, ContextState.WARM, use=True)
 
     def drop(self, context: str) -> None:
+        """Forget the live value. A context whose artifacts all stay on the node is
+        reported STAGED (a rebuild skips the fetch), else ABSENT."""
         with self._guard:
-            entry = self._entries.pop(context, None)
-        if entry is not None:
-            with entry.lock:
-                entry.value = None
-                self._unpin(entry)
-                self._set(entry, ContextState.ABSENT)
+            entry = self._entries.get(context)
+        if entry is None:
+            return
+        with entry.lock:
+            entry.value = None
+            self._unpin(entry)
+            if self._all_staged(entry.spec):
+                self._set(entry, ContextState.STAGED)
+                return
+            with self._guard:
+                if self._entries.get(context) is entry:
+                    del self._entries[context]
+            self._set(entry, ContextState.ABSENT)
+
+    def _all_staged(self, spec: ContextSpec) -> bool:
+        if not spec.artifacts or not self.staging.caches:
+            return False
+        return all(self.staging.held(a.digest) for a in spec.artifacts)
+
+    def prefetch(self, spec: ContextSpec) -> threading.Thread | None:
+        """Stage the context's artifacts on this node in a background thread, without
+        building it, then report STAGED with the tier they came from. Nothing to do (None)
+        when it is live, staged or being built. A failure is logged and leaves the state
+        as it was: a later build fetches again and reports its own failure."""
+        entry = self._entry(spec)
+        if entry.state.is_live or entry.state.is_building or entry.state is ContextState.STAGED:
+            return None
+        thread = threading.Thread(
+            target=self._prefetch, args=(entry,), name=f"pervade-prefetch-{spec.id[:12]}"
+        )
+        thread.daemon = True  # a closing worker does not wait for a prefetch
+        thread.start()
+        return thread
+
+    def _prefetch(self, entry: _Entry) -> None:
+        # The entry's lock: a build asked for meanwhile waits and then finds the files here.
+        with entry.lock:
+            if entry.state.is_live or entry.state is ContextState.STAGED:
+                return
+            try:
+                load = self._stage_all(entry)
+            except Exception as exc:
+                logger.warning("pervade: prefetch of context %s failed: %s", entry.spec.id, exc)
+                return
+            finally:
+                self._unpin(entry)  # staged, not live: the caches may evict it again
+            self._set(entry, ContextState.STAGED, load=load)
 
     def _ensure(self, entry: _Entry) -> float:
         if entry.state.is_live:
@@ -141,14 +193,7 @@ class ContextHost:
         try:
             self._set(entry, ContextState.FETCHING)
             paths: dict[str, str] = {}
-            tiers: list[Tier] = []
-            moved, fetching = 0, 0.0
-            for artifact in entry.spec.artifacts:
-                path, tier, copied, seconds = self._stage(entry, artifact)
-                paths[artifact.name] = path
-                tiers.append(tier)
-                moved += copied
-                fetching += seconds
+            fetched = self._stage_all(entry, paths)
             self._set(entry, ContextState.LOADING)
             loader = resolve_import(entry.spec.loader)
             entry.value = loader(**dict(entry.spec.args), **paths)
@@ -161,26 +206,28 @@ class ContextHost:
         seconds = time.perf_counter() - started
         entry.load_seconds = seconds
         entry.error = None
+        self._set(entry, ContextState.WARM, seconds, load=fetched)
+        return seconds
+
+    def _stage_all(self, entry: _Entry, paths: dict[str, str] | None = None) -> LoadInfo:
+        """Stage every artifact (pinned in `entry.pins`), their local paths into `paths`."""
+        tiers: list[Tier] = []
+        moved, fetching = 0, 0.0
+        for artifact in entry.spec.artifacts:
+            placed = self.staging.stage(artifact)
+            if placed.pin is not None:
+                entry.pins = (*entry.pins, placed.pin)
+            if paths is not None:
+                paths[artifact.name] = str(placed.path)
+            tiers.append(placed.tier)
+            moved += placed.bytes
+            fetching += placed.seconds
         # Tier order is best first, so the worst tier is the one listed last.
         order = list(Tier)
         worst = max(tiers, key=order.index) if tiers else None
-        self._set(entry, ContextState.WARM, seconds, load=LoadInfo(worst, moved, fetching))
-        return seconds
-
-    def _stage(self, entry: _Entry, artifact: Artifact) -> tuple[str, Tier, int, float]:
-        """A local path for an artifact, its tier, the bytes copied and the seconds taken.
-        Artifacts with a sha256 digest go through the cache (pinned while the context is
-        live); others, and all of them on a host without a cache, are read at the origin."""
-        if self.cache is None or not is_digest(artifact.digest):
-            if not Path(artifact.uri).exists():
-                raise FileNotFoundError(f"artifact {artifact.uri} does not exist on this worker")
-            return artifact.uri, Tier.ORIGIN, 0, 0.0
-        staged = self.cache.stage(artifact)
-        entry.pins = (*entry.pins, artifact.digest)
-        return str(staged.path), staged.tier, staged.bytes, staged.seconds
+        return LoadInfo(worst, moved, fetching)
 
     def _unpin(self, entry: _Entry) -> None:
-        if self.cache is not None:
-            for digest in entry.pins:
-                self.cache.unpin(digest)
+        for cache, digest in entry.pins:
+            cache.unpin(digest)
         entry.pins = ()

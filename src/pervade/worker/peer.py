@@ -113,6 +113,19 @@ def locate_in(root: Path) -> Locate:
     return locate
 
 
+def locate_first(*locates: Locate) -> Locate:
+    """The first entry any of `locates` finds (the HOST cache, then DISK)."""
+
+    def locate(digest: str) -> Path | None:
+        for one in locates:
+            found = one(digest)
+            if found is not None:
+                return found
+        return None
+
+    return locate
+
+
 @dataclass(slots=True)
 class _Held:
     entry: Path
@@ -261,36 +274,49 @@ class PeerPlugin(WorkerPlugin):
         self.server: PeerServer | None = None
 
     def setup(self, worker: Any) -> None:
-        server = self.server = PeerServer(self.locate_for(worker), idle=self.idle)
-
-        def manifest(digest: str, pull_id: str | None = None) -> dict[str, Any] | None:
-            return server.manifest(digest, pull_id)
-
-        async def chunk(
-            digest: str, path: str, offset: int, length: int, pull_id: str | None = None
-        ) -> Any:
-            # to_serialize sends the buffer as its own frame, without a copy into a pickle.
-            return to_serialize(await server.chunk(digest, path, offset, length, pull_id))
-
-        def load() -> dict[str, int]:
-            return server.load()
-
-        def done(pull_id: str) -> None:
-            server.done(pull_id)
-
-        worker.handlers.update(
-            {MANIFEST_OP: manifest, CHUNK_OP: chunk, LOAD_OP: load, DONE_OP: done}
-        )
+        self.server = register_handlers(worker, self.locate_for(worker), self.idle)
 
     def teardown(self, worker: Any) -> None:
-        for op in (MANIFEST_OP, CHUNK_OP, LOAD_OP, DONE_OP):
-            worker.handlers.pop(op, None)
+        unregister_handlers(worker)
+
+
+def register_handlers(worker: Any, locate: Locate, idle: float = 30.0) -> PeerServer:
+    """Serve what `locate` finds to peers through `worker`'s comm handlers."""
+    server = PeerServer(locate, idle=idle)
+
+    def manifest(digest: str, pull_id: str | None = None) -> dict[str, Any] | None:
+        return server.manifest(digest, pull_id)
+
+    async def chunk(
+        digest: str, path: str, offset: int, length: int, pull_id: str | None = None
+    ) -> Any:
+        # to_serialize sends the buffer as its own frame, without a copy into a pickle.
+        return to_serialize(await server.chunk(digest, path, offset, length, pull_id))
+
+    def load() -> dict[str, int]:
+        return server.load()
+
+    def done(pull_id: str) -> None:
+        server.done(pull_id)
+
+    worker.handlers.update({MANIFEST_OP: manifest, CHUNK_OP: chunk, LOAD_OP: load, DONE_OP: done})
+    return server
+
+
+def unregister_handlers(worker: Any) -> None:
+    for op in (MANIFEST_OP, CHUNK_OP, LOAD_OP, DONE_OP):
+        worker.handlers.pop(op, None)
 
 
 ORIGIN_READERS = 2
 
 
-def origin_readers(scope: str = "all", max_leases: int = ORIGIN_READERS) -> Semaphore:
+def origin_readers(
+    scope: str = "all",
+    max_leases: int = ORIGIN_READERS,
+    scheduler_rpc: Any = None,
+    loop: Any = None,
+) -> Semaphore:
     """The cluster-wide limit on workers reading ORIGIN at once.
 
     Rule: take a lease before reading an artifact from ORIGIN and release it once the copy is
@@ -299,10 +325,17 @@ def origin_readers(scope: str = "all", max_leases: int = ORIGIN_READERS) -> Sema
     shared filesystem, or an artifact digest for one artifact. Every worker of a scope must
     use the same `max_leases` (the scheduler keeps the first one it sees). Leases of a worker
     that dies are given back by the scheduler after its lease timeout. Use it as
-    ``with origin_readers(...):`` in a task or ``async with`` on the worker's event loop.
+    ``with origin_readers(...):`` in a task or ``async with`` on the worker's event loop;
+    outside a task (a background thread of the worker), pass the worker's `scheduler_rpc`
+    (``worker.scheduler``) and `loop`.
     """
     if not isinstance(max_leases, int) or max_leases < 1:
         raise ConfigError(f"origin readers must be a whole number >= 1, got {max_leases!r}")
     if not _DIGEST.match(scope):
         raise ConfigError(f"origin reader scope must be a digest or a plain name, got {scope!r}")
-    return Semaphore(max_leases=max_leases, name=f"pervade-origin-{scope}")
+    return Semaphore(
+        max_leases=max_leases,
+        name=f"pervade-origin-{scope}",
+        scheduler_rpc=scheduler_rpc,
+        loop=loop,
+    )

@@ -10,7 +10,10 @@ from distributed import WorkerPlugin, get_worker
 
 from pervade.core.states import ContextState
 from pervade.storage.cache import ArtifactCache
+from pervade.storage.host import host_cache
 from pervade.worker.context_host import ContextHost, LoadInfo
+from pervade.worker.holders import DaskRemote
+from pervade.worker.peer import locate_first, locate_in, register_handlers, unregister_handlers
 
 PLUGIN_NAME = "pervade-context-host"
 STATE_TOPIC = "pervade-context-state"
@@ -24,15 +27,31 @@ logger = logging.getLogger(__name__)
 
 class ContextHostPlugin(WorkerPlugin):
     """`cache_dir` and `cache_limit` (bytes, or a size such as "50GB") set the worker's
-    artifact cache; unset, they come from PERVADE_ARTIFACT_CACHE and
-    PERVADE_ARTIFACT_CACHE_LIMIT in the worker's environment, else the defaults."""
+    DISK artifact cache; unset, they come from PERVADE_ARTIFACT_CACHE and
+    PERVADE_ARTIFACT_CACHE_LIMIT in the worker's environment, else the defaults.
+    `host_cache_dir` and `host_cache_limit` set the HOST (tmpfs) cache the same way
+    (PERVADE_HOST_CACHE, PERVADE_HOST_CACHE_LIMIT; a limit of 0 turns it off).
+    `peers`: serve cached artifacts to other workers and pull from them; `origin_readers`:
+    how many workers of the cluster read an origin at once (PERVADE_ORIGIN_READERS, 2)."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, cache_dir: str | None = None, cache_limit: int | str | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
+        host_cache_dir: str | None = None,
+        host_cache_limit: int | str | None = None,
+        peers: bool = True,
+        origin_readers: int | str | None = None,
+    ) -> None:
         self.host: ContextHost | None = None
         self.cache_dir = cache_dir
         self.cache_limit = cache_limit
+        self.host_cache_dir = host_cache_dir
+        self.host_cache_limit = host_cache_limit
+        self.peers = peers
+        self.origin_readers = origin_readers
 
     def setup(self, worker: Any) -> None:
         address = str(worker.address)
@@ -56,8 +75,30 @@ class ContextHostPlugin(WorkerPlugin):
 
         host = _HOSTS.get(address)
         if host is None:
-            host = _HOSTS[address] = ContextHost(notify, report_use=False, cache=self._cache())
+            disk, tmpfs = self._cache(), self._host_cache()
+            remote = DaskRemote(worker, self.origin_readers) if self.peers else None
+            host = ContextHost(
+                notify, report_use=False, cache=disk, host_cache=tmpfs, remote=remote
+            )
+            _HOSTS[address] = host
+        if self.peers:
+            # The handlers belong to the worker, not the plugin: registered again (a new
+            # plugin instance) they serve the same caches.
+            roots = [locate_in(c.root) for c in host.staging.caches]
+            register_handlers(worker, locate_first(*roots))
         self.host = host
+
+    def teardown(self, worker: Any) -> None:
+        if self.peers:
+            unregister_handlers(worker)
+
+    def _host_cache(self) -> ArtifactCache | None:
+        """The HOST tier; None when turned off or when its directory cannot be made."""
+        try:
+            return host_cache(self.host_cache_dir, self.host_cache_limit)
+        except OSError as exc:
+            logger.warning("pervade: no HOST (tmpfs) artifact cache on this worker: %s", exc)
+            return None
 
     def _cache(self) -> ArtifactCache | None:
         """The worker's artifact cache; None (artifacts read at their origin) when its
