@@ -282,3 +282,79 @@ def test_digests_that_are_not_sha256_are_read_at_the_origin(
         assert value["model"] == str(weights)
     assert notes.loads[0].tier is Tier.ORIGIN
     assert notes.loads[0].bytes == 0
+
+
+# -- staged contexts: prefetch and drop ------------------------------------------------------
+
+
+def test_prefetch_stages_without_building_and_reports_staged(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"p" * 500)
+    cache = ArtifactCache(tmp_path / "cache", margin=0)
+    host = ContextHost(notes, cache=cache)
+    spec = spec_for("build", key, artifact("model", weights))
+    thread = host.prefetch(spec)
+    assert thread is not None
+    thread.join(timeout=10)
+    assert loaders.calls[key] == 0
+    assert notes.states == [S.STAGED] and host.states() == {spec.id: S.STAGED}
+    assert (notes.loads[0].tier, notes.loads[0].bytes) == (Tier.ORIGIN, 500)
+    assert cache.pinned() == set()  # staged, not live: nothing pinned
+    assert host.prefetch(spec) is None  # already staged
+    # The build that follows finds the files on disk.
+    host.load(spec)
+    assert (notes.loads[-1].tier, notes.loads[-1].bytes) == (Tier.DISK, 0)
+    assert host.prefetch(spec) is None  # live
+
+
+def test_prefetch_of_staged_files_evicted_since_copies_again(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"e" * 100)
+    cache = ArtifactCache(tmp_path / "cache", margin=0)
+    host = ContextHost(notes, cache=cache)
+    spec = spec_for("build", key, artifact("model", weights))
+    first = host.prefetch(spec)
+    assert first is not None
+    first.join(timeout=10)
+    assert cache._evict(spec.artifacts[0].digest)  # as room for another artifact would
+    second = host.prefetch(spec)
+    assert second is not None
+    second.join(timeout=10)
+    assert [load.tier for load in notes.loads] == [Tier.ORIGIN, Tier.ORIGIN]
+
+
+def test_a_failed_prefetch_reports_failed(notes: Recorder, key: str, tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"f")
+    spec = spec_for("build", key, artifact("model", weights))
+    weights.unlink()
+    host = ContextHost(notes, cache=ArtifactCache(tmp_path / "cache", margin=0))
+    thread = host.prefetch(spec)
+    assert thread is not None
+    thread.join(timeout=10)
+    assert notes.states == [S.FAILED]
+
+
+def test_a_dropped_context_whose_artifacts_stay_is_staged(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"d" * 10)
+    host = ContextHost(notes, cache=ArtifactCache(tmp_path / "cache", margin=0))
+    spec = spec_for("build", key, artifact("model", weights))
+    host.load(spec)
+    host.drop(spec.id)
+    assert notes.states[-1] is S.STAGED and host.states() == {spec.id: S.STAGED}
+    assert host.live() == []
+    # Without artifacts on the node there is nothing staged: absent, and forgotten.
+    bare = spec_for("build", key + "-bare")
+    host.load(bare)
+    host.drop(bare.id)
+    assert notes.states[-1] is S.ABSENT and bare.id not in host.states()
+    # A staged context builds again on demand, from the disk.
+    host.load(spec)
+    assert loaders.calls[key] == 2 and host.states()[spec.id] is S.WARM

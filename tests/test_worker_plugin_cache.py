@@ -10,6 +10,7 @@ import pytest
 
 from pervade.core import ContextSpec
 from pervade.runtime.artifacts import artifact
+from pervade.worker.peer import CHUNK_OP, DONE_OP, LOAD_OP, MANIFEST_OP
 from pervade.worker.plugin import ContextHostPlugin
 
 
@@ -57,3 +58,52 @@ def test_a_cache_directory_that_cannot_be_made_means_reading_origins(
         plugin.setup(FakeWorker(f"fake://{request.node.nodeid}"))
     assert plugin.host is not None and plugin.host.cache is None
     assert "no artifact cache" in caplog.text and "a-file" in caplog.text
+
+
+def test_host_cache_option_and_a_restarted_worker_loads_from_it(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def plugin() -> ContextHostPlugin:
+        return ContextHostPlugin(
+            cache_dir=str(tmp_path / "disk"),
+            host_cache_dir=str(tmp_path / "shm"),
+            host_cache_limit="1MB",
+            peers=False,
+        )
+
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"h" * 128)
+    spec = ContextSpec(
+        "tests.helpers.loaders:build", {"key": request.node.nodeid}, (artifact("model", weights),)
+    )
+    first, worker = plugin(), FakeWorker(f"fake://{request.node.nodeid}/1")
+    first.setup(worker)
+    assert first.host is not None and first.host.host_cache is not None
+    assert first.host.host_cache.root == tmp_path / "shm"
+    first.host.load(spec)
+    # The process that replaces it on the node (another address) finds the HOST copy.
+    second, again = plugin(), FakeWorker(f"fake://{request.node.nodeid}/2")
+    second.setup(again)
+    assert second.host is not None
+    second.host.load(spec)
+    tiers = [m["tier"] for _, m in worker.events + again.events if m["state"] == "warm"]
+    assert tiers == ["origin", "host"]
+
+
+def test_the_plugin_serves_its_caches_to_peers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    plugin = ContextHostPlugin(cache_dir=str(tmp_path / "disk"), host_cache_limit=0)
+    worker = FakeWorker(f"fake://{request.node.nodeid}")
+    plugin.setup(worker)
+    assert plugin.host is not None and plugin.host.cache is not None
+    assert set(worker.handlers) == {MANIFEST_OP, CHUNK_OP, LOAD_OP, DONE_OP}
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"s" * 32)
+    model = artifact("model", weights)
+    assert worker.handlers[MANIFEST_OP](digest=model.digest) is None  # not held yet
+    plugin.host.cache.stage(model)
+    manifest = worker.handlers[MANIFEST_OP](digest=model.digest)
+    assert manifest["digest"] == model.digest and manifest["files"][0]["size"] == 32
+    plugin.teardown(worker)
+    assert worker.handlers == {}

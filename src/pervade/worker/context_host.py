@@ -48,6 +48,7 @@ class _Entry:
     error: str | None = None
     # Cache entries this context holds from eviction while live.
     pins: tuple[tuple[ArtifactCache, str], ...] = ()
+    prefetching: bool = False  # a prefetch thread is on its way: a second one is pointless
     # One lock per context: it serializes the build and the use, so two tasks never drive
     # one model at once and a second task waits for the first build instead of repeating it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -159,12 +160,19 @@ class ContextHost:
 
     def prefetch(self, spec: ContextSpec) -> threading.Thread | None:
         """Stage the context's artifacts on this node in a background thread, without
-        building it, then report STAGED with the tier they came from. Nothing to do (None)
-        when it is live, staged or being built. A failure is logged and leaves the state
-        as it was: a later build fetches again and reports its own failure."""
+        building it, then report STAGED with the tier they came from (FAILED, with the
+        error, when staging fails). Nothing to do (None) when it is live, staged or being
+        built; else the thread."""
         entry = self._entry(spec)
-        if entry.state.is_live or entry.state.is_building or entry.state is ContextState.STAGED:
-            return None
+        # STAGED is taken at its word only while the entries are still here (the caches
+        # may have evicted them since). Manifests only: this runs on the event loop.
+        staged = entry.state is ContextState.STAGED and all(
+            self.staging.present(a.digest) for a in spec.artifacts
+        )
+        with self._guard:
+            if staged or entry.prefetching or entry.state.is_live or entry.state.is_building:
+                return None
+            entry.prefetching = True
         thread = threading.Thread(
             target=self._prefetch, args=(entry,), name=f"pervade-prefetch-{spec.id[:12]}"
         )
@@ -175,12 +183,16 @@ class ContextHost:
     def _prefetch(self, entry: _Entry) -> None:
         # The entry's lock: a build asked for meanwhile waits and then finds the files here.
         with entry.lock:
-            if entry.state.is_live or entry.state is ContextState.STAGED:
+            with self._guard:
+                entry.prefetching = False
+            if entry.state.is_live:
                 return
             try:
                 load = self._stage_all(entry)
             except Exception as exc:
                 logger.warning("pervade: prefetch of context %s failed: %s", entry.spec.id, exc)
+                entry.error = f"{type(exc).__name__}: {exc}"
+                self._set(entry, ContextState.FAILED)
                 return
             finally:
                 self._unpin(entry)  # staged, not live: the caches may evict it again

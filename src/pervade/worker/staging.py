@@ -78,7 +78,11 @@ class StagingChain:
 
     def held(self, digest: str) -> bool:
         """Whether a complete, verified copy is on this node."""
-        return any(cache.get(digest) is not None for cache in self.caches)
+        return is_digest(digest) and any(c.get(digest) is not None for c in self.caches)
+
+    def present(self, digest: str) -> bool:
+        """Whether a cache has a complete entry, by its manifest alone (no file checks)."""
+        return is_digest(digest) and any(c.manifest(digest) is not None for c in self.caches)
 
     def stage(self, artifact: Artifact) -> Placed:
         """A local, verified copy of `artifact`, pinned in the cache named by `pin`."""
