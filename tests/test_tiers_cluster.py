@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 
 from pervade.core import ContextSpec
 from pervade.runtime.artifacts import artifact
+from pervade.worker.holders import HOLDERS_KEY
 from pervade.worker.plugin import STATE_TOPIC
 from tests.helpers import tiers
 
@@ -111,6 +112,14 @@ def test_workers_starting_together_read_the_origin_once(nodes: Nodes, tmp_path: 
         # The loader gets the HOST copy.
         assert Path(value["model"]).parent.name == "host"
     assert sorted(nodes.tiers(spec)) == ["origin", "peer", "peer"]
+    # Every worker published its copy; a worker sees the others, not itself, and not an
+    # address the scheduler does not know (a worker gone, say), even the most recent one.
+    digest, addr = spec.artifacts[0].digest, nodes.addr()
+    nodes.client.set_metadata([HOLDERS_KEY, digest, "tcp://127.0.0.1:1"], time.time() + 60)
+    seen = nodes.client.submit(
+        tiers.holders, digest, workers=[addr["2"]], allow_other_workers=False, pure=False
+    ).result()
+    assert sorted(seen) == sorted([addr["0"], addr["1"]])
     # Loaded again on a worker that holds it: a HOST hit.
     nodes.client.run(tiers.drop, context=spec.id, workers=[nodes.addr()["1"]])
     nodes.load(spec, "1")

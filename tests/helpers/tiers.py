@@ -75,3 +75,10 @@ def fail_serving_after(dask_worker: Any, chunks: int, how: str) -> int:
 def chunk_requests(dask_worker: Any) -> int:
     """Chunk requests this worker had since `fail_serving_after`."""
     return int(getattr(dask_worker, "pervade_chunk_requests", 0))
+
+
+def holders(digest: str) -> list[str]:
+    """The holders of `digest` as this worker's staging chain sees them (a task)."""
+    remote = context_host().staging.remote
+    assert remote is not None
+    return list(remote.holders(digest))
