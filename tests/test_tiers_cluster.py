@@ -22,6 +22,7 @@ from pervade.core import ContextSpec
 from pervade.runtime.artifacts import artifact
 from pervade.worker.holders import HOLDERS_KEY
 from pervade.worker.plugin import STATE_TOPIC
+from pervade.worker.prefetch import prefetch_context
 from tests.helpers import tiers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -181,3 +182,34 @@ def test_a_restarted_worker_reloads_from_host(nodes: Nodes, tmp_path: Path) -> N
     (value,) = nodes.load(spec, "1")
     assert_same_files(value, spec)
     assert nodes.tiers(spec) == ["origin", "host"]
+
+
+def test_a_prefetch_stages_from_the_origin_then_from_a_peer(nodes: Nodes, tmp_path: Path) -> None:
+    spec = nodes.spec(tmp_path)
+    addr = nodes.addr()
+
+    def staged() -> list[str]:
+        events = nodes.client.get_events(STATE_TOPIC)
+        return [m["tier"] for _, m in events if m["context"] == spec.id and m["state"] == "staged"]
+
+    # Client.run calls it on the worker's event loop: it returns at once, a thread copies.
+    for n, name in enumerate(["0", "1"]):
+        started = nodes.client.run(prefetch_context, spec, workers=[addr[name]])
+        assert started == {addr[name]: None}
+        wait_until(lambda n=n: len(staged()) > n, 60, f"worker {name} to report staged")
+    assert staged() == ["origin", "peer"]
+    assert nodes.tiers(spec) == []  # staged, never built
+    (value,) = nodes.load(spec, "1")
+    assert_same_files(value, spec)
+    assert nodes.tiers(spec) == ["host"]
+
+
+def test_the_only_holder_lost_mid_transfer_means_the_origin(nodes: Nodes, tmp_path: Path) -> None:
+    spec = nodes.spec(tmp_path, (4 * MiB, 3 * MiB))
+    nodes.load(spec, "0")
+    addr = nodes.addr()
+    nodes.client.run(tiers.fail_serving_after, chunks=2, how="kill", workers=[addr["0"]])
+    (value,) = nodes.load(spec, "2")
+    assert_same_files(value, spec)
+    assert nodes.tiers(spec) == ["origin", "origin"]
+    wait_until(lambda: nodes.addr().get("0") not in (None, addr["0"]), 60, "a new worker 0")

@@ -102,12 +102,11 @@ class StagingChain:
                 seconds = time.perf_counter() - started
                 return Placed(found, Tier.HOST, 0, seconds, (self.host, digest))
             self.host.unpin(digest)
-        landing = self.disk if self.disk is not None else self.host
-        assert landing is not None  # caches is not empty
+        landing = self.caches[-1]  # DISK, else HOST alone
         staged = self._fetch(landing, artifact)
         path, pin = staged.path, (landing, digest)
-        if landing is self.disk and self.host is not None:
-            copied = self._copy_to_host(artifact, staged)
+        if self.disk is not None and self.host is not None:
+            copied = self._copy_to_host(self.disk, self.host, artifact, staged)
             if copied is not None:
                 landing.unpin(digest)  # the load uses the HOST copy; DISK may evict its own
                 path, pin = copied, (self.host, digest)
@@ -119,19 +118,20 @@ class StagingChain:
         reader before it has published its copy meanwhile, and pulling that (outside the
         lease, so pulls run side by side) spares the origin."""
         digest = artifact.digest
-        if self.remote is None:
+        remote = self.remote
+        if remote is None:
             return cache.stage(artifact)
         if cache.get(digest) is not None:
             staged = cache.stage(artifact)
             self._publish(digest)
             return staged
         for looked_again in (False, True):
-            from_peer = self._from_peers(cache, artifact)
+            from_peer = self._from_peers(remote, cache, artifact)
             if from_peer is not None:
                 self._publish(digest)
                 return from_peer
-            with self.remote.origin_lease():
-                if not looked_again and self.remote.holders(digest):
+            with remote.origin_lease():
+                if not looked_again and remote.holders(digest):
                     continue  # leaves the lease to the next origin reader
                 staged = cache.stage(artifact, lambda: OriginSource(artifact))
                 # Published before the lease goes: whoever takes it next finds this copy.
@@ -139,9 +139,9 @@ class StagingChain:
                 return staged
         raise AssertionError("unreachable: the second look reads the origin")
 
-    def _from_peers(self, cache: ArtifactCache, artifact: Artifact) -> Staged | None:
-        assert self.remote is not None
-        remote = self.remote
+    def _from_peers(
+        self, remote: Remote, cache: ArtifactCache, artifact: Artifact
+    ) -> Staged | None:
         holders = remote.holders(artifact.digest)
         if not holders:
             return None
@@ -160,17 +160,18 @@ class StagingChain:
             )
             return None
 
-    def _copy_to_host(self, artifact: Artifact, staged: Staged) -> Path | None:
+    def _copy_to_host(
+        self, disk: ArtifactCache, host: ArtifactCache, artifact: Artifact, staged: Staged
+    ) -> Path | None:
         """The artifact copied into HOST and pinned there; None when it does not fit (or
         the copy fails): the load goes on from DISK."""
-        assert self.host is not None and self.disk is not None
         digest = artifact.digest
-        manifest = self.disk.manifest(digest)
+        manifest = disk.manifest(digest)
         if manifest is None:
             return None
-        source = CopySource(self.disk.entry_path(digest), manifest, staged.tier)
+        source = CopySource(disk.entry_path(digest), manifest, staged.tier)
         try:
-            return self.host.stage(artifact, source).path
+            return host.stage(artifact, source).path
         except (CacheFull, OSError, ArtifactMismatch) as exc:
             logger.info("pervade: artifact %r stays out of the HOST cache: %s", artifact.name, exc)
             return None
