@@ -192,3 +192,18 @@ def test_host_cache_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv(HOST_LIMIT_ENV)
     unlimited = host_cache(tmp_path / "other")
     assert unlimited is not None and unlimited.limit is not None and unlimited.limit > 0
+
+
+def test_origin_readers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pervade.core.config import ConfigError
+    from pervade.worker.holders import READERS_ENV, readers_from_env
+
+    monkeypatch.delenv(READERS_ENV, raising=False)
+    assert readers_from_env() == 2
+    monkeypatch.setenv(READERS_ENV, "5")
+    assert readers_from_env() == 5
+    assert readers_from_env(1) == 1  # an explicit setting wins
+    for bad in ("0", "two"):
+        monkeypatch.setenv(READERS_ENV, bad)
+        with pytest.raises(ConfigError, match=READERS_ENV):
+            readers_from_env()
