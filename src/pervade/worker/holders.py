@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,7 @@ class DaskRemote:
         self.chunk = chunk
         self._published: set[str] = set()
         self._semaphore: Any = None
+        self._lock = threading.Lock()  # tasks and prefetch threads share one semaphore
 
     def _run(self, coroutine: Any, *args: Any, **kwargs: Any) -> Any:
         return sync(self.worker.loop, coroutine, *args, **kwargs)
@@ -168,13 +170,14 @@ class DaskRemote:
 
     @contextlib.contextmanager
     def origin_lease(self) -> Iterator[None]:
-        if self._semaphore is None:
-            self._semaphore = origin_readers(
-                max_leases=self.readers,
-                scheduler_rpc=self.worker.scheduler,
-                loop=self.worker.loop,
-            )
-        semaphore = self._semaphore
+        with self._lock:
+            if self._semaphore is None:
+                self._semaphore = origin_readers(
+                    max_leases=self.readers,
+                    scheduler_rpc=self.worker.scheduler,
+                    loop=self.worker.loop,
+                )
+            semaphore = self._semaphore
         semaphore.acquire()
         try:
             yield
