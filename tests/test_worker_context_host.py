@@ -358,3 +358,58 @@ def test_a_dropped_context_whose_artifacts_stay_is_staged(
     # A staged context builds again on demand, from the disk.
     host.load(spec)
     assert loaders.calls[key] == 2 and host.states()[spec.id] is S.WARM
+
+
+# -- several contexts under a device budget --------------------------------------------------
+
+
+def test_a_build_past_the_device_budget_demotes_the_least_recently_used(
+    notes: Recorder, key: str, tmp_path: Path
+) -> None:
+    files = []
+    for name in ("a", "b", "c"):
+        weights = tmp_path / f"{name}.bin"
+        weights.write_bytes(name.encode() * 400)
+        files.append(artifact("model", weights))
+    disk = ArtifactCache(tmp_path / "disk", margin=0)
+    tmpfs = ArtifactCache(tmp_path / "host", margin=0, tier=Tier.HOST)
+    # Room for two 400-byte contexts, not three.
+    host = ContextHost(notes, cache=disk, host_cache=tmpfs, device_budget=1000)
+    a, b, c = (spec_for("build", f"{key}-{n}", f) for n, f in zip("abc", files, strict=True))
+    host.load(a)
+    host.load(b)
+    with host.use(a):
+        pass  # a is now the more recently used of the two
+    host.load(c)
+    assert host.states() == {a.id: S.WARM, b.id: S.STAGED, c.id: S.WARM}
+    assert host.demotions == 1
+    demoted = [(cid, load) for (cid, state, _), load in _with_loads(notes) if state is S.STAGED]
+    assert demoted == [(b.id, LoadInfo(Tier.HOST))], "b went to the HOST tier, not away"
+    assert tmpfs.pinned() == {a.artifacts[0].digest, c.artifacts[0].digest}
+    # b comes back from the HOST tier, and a (now least recently used) makes room for it.
+    host.load(b)
+    assert notes.loads[-1].tier is Tier.HOST
+    assert host.states() == {a.id: S.STAGED, b.id: S.WARM, c.id: S.WARM}
+    assert loaders.calls[f"{key}-b"] == 2
+
+
+def test_a_context_in_use_is_never_demoted(notes: Recorder, key: str, tmp_path: Path) -> None:
+    host = ContextHost(notes, device_budget=10)  # nothing fits beside anything
+    first, second = spec_for("build", key + "-1"), spec_for("build", key + "-2")
+    host.load(first)
+    with host.use(first):
+        host.load(second)  # too big to fit beside it, but `first` is running a task
+        assert host.states()[first.id] is S.BUSY
+    assert host.demotions == 0
+
+
+def _with_loads(notes: Recorder) -> list[tuple[tuple[str, ContextState, float | None], Any]]:
+    """Each report with the LoadInfo it carried (None without)."""
+    out: list[tuple[tuple[str, ContextState, float | None], Any]] = []
+    loads = iter(notes.loads)
+    for report in notes.reports:
+        carries = report[1] in (S.WARM, S.STAGED) and (
+            report[2] is not None or report[1] is S.STAGED
+        )
+        out.append((report, next(loads) if carries else None))
+    return out

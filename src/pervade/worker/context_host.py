@@ -12,9 +12,12 @@ from typing import Any
 
 from pervade.core.cache_policy import Tier
 from pervade.core.context import ContextSpec
+from pervade.core.residency import LiveContext, NoRoom, choose_demotions
 from pervade.core.states import ContextState
 from pervade.storage.cache import ArtifactCache
+from pervade.worker.faults import release_memory
 from pervade.worker.imports import resolve_import
+from pervade.worker.residency import files_bytes, footprint
 from pervade.worker.staging import Remote, StagingChain
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class _Entry:
     # Cache entries this context holds from eviction while live.
     pins: tuple[tuple[ArtifactCache, str], ...] = ()
     prefetching: bool = False  # a prefetch thread is on its way: a second one is pointless
+    device_bytes: int = 0  # what the live value holds on the device (an estimate at worst)
+    last_used: float = 0.0  # monotonic seconds: the least recently used is demoted first
     # One lock per context: it serializes the build and the use, so two tasks never drive
     # one model at once and a second task waits for the first build instead of repeating it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,10 +75,15 @@ class ContextHost:
         cache: ArtifactCache | None = None,
         host_cache: ArtifactCache | None = None,
         remote: Remote | None = None,
+        device_budget: int | None = None,
     ) -> None:
         """`cache`: the DISK tier, `host_cache`: the HOST tier (tmpfs), `remote`: peers and
-        the origin-reader limit. Without caches, artifacts are read at their origin."""
+        the origin-reader limit. Without caches, artifacts are read at their origin.
+        `device_budget`: bytes the live contexts may hold together; a build that would
+        exceed it first demotes the least valuable idle ones (None: no limit)."""
         self._notify = notify
+        self.device_budget = device_budget
+        self.demotions = 0
         self._report_use = report_use
         self.cache = cache
         self.host_cache = host_cache
@@ -133,6 +143,7 @@ class ContextHost:
                 yield entry.value, seconds
             finally:
                 self.tasks_running -= 1
+                entry.last_used = time.monotonic()
                 self._set(entry, ContextState.WARM, use=True)
 
     def drop(self, context: str) -> None:
@@ -143,20 +154,69 @@ class ContextHost:
         if entry is None:
             return
         with entry.lock:
-            entry.value = None
-            self._unpin(entry)
-            if self._all_staged(entry.spec):
-                self._set(entry, ContextState.STAGED)
-                return
-            with self._guard:
-                if self._entries.get(context) is entry:
-                    del self._entries[context]
-            self._set(entry, ContextState.ABSENT)
+            self._drop_locked(entry)
 
-    def _all_staged(self, spec: ContextSpec) -> bool:
+    def _drop_locked(self, entry: _Entry) -> None:
+        entry.value = None
+        entry.device_bytes = 0
+        self._unpin(entry)
+        staged = self._staged_tier(entry.spec)
+        if staged is not None:
+            self._set(entry, ContextState.STAGED, load=LoadInfo(staged))
+            return
+        with self._guard:
+            if self._entries.get(entry.spec.id) is entry:
+                del self._entries[entry.spec.id]
+        self._set(entry, ContextState.ABSENT)
+
+    def _staged_tier(self, spec: ContextSpec) -> Tier | None:
+        """HOST when every artifact is in the HOST cache, DISK when all are on the node,
+        else None (some would have to be fetched: the context is not staged)."""
         if not spec.artifacts or not self.staging.caches:
-            return False
-        return all(self.staging.held(a.digest) for a in spec.artifacts)
+            return None
+        if self.host_cache is not None and all(
+            self.host_cache.get(a.digest) is not None for a in spec.artifacts
+        ):
+            return Tier.HOST
+        return Tier.DISK if all(self.staging.held(a.digest) for a in spec.artifacts) else None
+
+    def _make_room(self, entry: _Entry, needed: int) -> None:
+        """Demote live contexts (least valuable first) until `needed` more bytes fit the
+        device budget. When no choice is enough, every idle one goes: the build gets all
+        the room there is, and says why it may not fit."""
+        if self.device_budget is None:
+            return
+        with self._guard:
+            others = [e for e in self._entries.values() if e is not entry and e.state.is_live]
+        live = [
+            LiveContext(
+                e.spec.id,
+                e.device_bytes,
+                e.last_used,
+                busy=e.state is ContextState.BUSY or e.lock.locked(),
+            )
+            for e in others
+        ]
+        try:
+            chosen = choose_demotions(
+                live, needed, self.device_budget, f"context {entry.spec.id[:12]}"
+            )
+        except NoRoom as exc:
+            logger.warning("pervade: %s; building it anyway", exc)
+            chosen = tuple(c.context for c in live if not c.busy)
+        demoted = 0
+        for other in others:
+            # Not blocking: a context whose lock was taken since is in use, not demotable.
+            if other.spec.id in chosen and other.lock.acquire(blocking=False):
+                try:
+                    if other.state.is_live:
+                        self._drop_locked(other)
+                        demoted += 1
+                finally:
+                    other.lock.release()
+        if demoted:
+            self.demotions += demoted
+            release_memory()  # the dropped weights leave the device before the new ones come
 
     def prefetch(self, spec: ContextSpec) -> threading.Thread | None:
         """Stage the context's artifacts on this node in a background thread, without
@@ -206,9 +266,12 @@ class ContextHost:
             self._set(entry, ContextState.FETCHING)
             paths: dict[str, str] = {}
             fetched = self._stage_all(entry, paths)
+            estimate = files_bytes(paths.values())
+            self._make_room(entry, estimate)
             self._set(entry, ContextState.LOADING)
             loader = resolve_import(entry.spec.loader)
             entry.value = loader(**dict(entry.spec.args), **paths)
+            entry.device_bytes = footprint(entry.value, estimate)
         except BaseException as exc:
             entry.value = None
             entry.error = f"{type(exc).__name__}: {exc}"
@@ -217,6 +280,7 @@ class ContextHost:
             raise
         seconds = time.perf_counter() - started
         entry.load_seconds = seconds
+        entry.last_used = time.monotonic()
         entry.error = None
         self._set(entry, ContextState.WARM, seconds, load=fetched)
         return seconds

@@ -14,6 +14,7 @@ from pervade.storage.host import host_cache
 from pervade.worker.context_host import ContextHost, LoadInfo
 from pervade.worker.holders import DaskRemote
 from pervade.worker.peer import locate_first, locate_in, register_handlers, unregister_handlers
+from pervade.worker.residency import configured_budget
 
 PLUGIN_NAME = "pervade-context-host"
 STATE_TOPIC = "pervade-context-state"
@@ -32,7 +33,10 @@ class ContextHostPlugin(WorkerPlugin):
     `host_cache_dir` and `host_cache_limit` set the HOST (tmpfs) cache the same way
     (PERVADE_HOST_CACHE, PERVADE_HOST_CACHE_LIMIT; a limit of 0 turns it off).
     `peers`: serve cached artifacts to other workers and pull from them; `origin_readers`:
-    how many workers of the cluster read an origin at once (PERVADE_ORIGIN_READERS, 2)."""
+    how many workers of the cluster read an origin at once (PERVADE_ORIGIN_READERS, 2).
+    `device_memory`: bytes (or a size) the live contexts may hold together before the least
+    valuable are demoted to the HOST tier (PERVADE_DEVICE_MEMORY; by default 80% of the
+    GPU, half the RAM without one; "none": no limit)."""
 
     name = PLUGIN_NAME
 
@@ -44,6 +48,7 @@ class ContextHostPlugin(WorkerPlugin):
         host_cache_limit: int | str | None = None,
         peers: bool = True,
         origin_readers: int | str | None = None,
+        device_memory: int | str | None = None,
     ) -> None:
         self.host: ContextHost | None = None
         self.cache_dir = cache_dir
@@ -52,6 +57,7 @@ class ContextHostPlugin(WorkerPlugin):
         self.host_cache_limit = host_cache_limit
         self.peers = peers
         self.origin_readers = origin_readers
+        self.device_memory = device_memory
 
     def setup(self, worker: Any) -> None:
         address = str(worker.address)
@@ -78,7 +84,12 @@ class ContextHostPlugin(WorkerPlugin):
             disk, tmpfs = self._cache(), self._host_cache()
             remote = DaskRemote(worker, self.origin_readers) if self.peers else None
             host = ContextHost(
-                notify, report_use=False, cache=disk, host_cache=tmpfs, remote=remote
+                notify,
+                report_use=False,
+                cache=disk,
+                host_cache=tmpfs,
+                remote=remote,
+                device_budget=configured_budget(self.device_memory),
             )
             _HOSTS[address] = host
         if self.peers:
