@@ -15,9 +15,11 @@ synchronised. GB/s counts the bytes of the weight files. A cold row says whether
 really dropped the pages (a read of a sample of the file, timed against a warm read).
 
 Table 2: a local Dask cluster of N worker processes (fresh, empty DISK and HOST artifact caches
-for each N) runs a tiny job under one context, the bundled model, so that every worker builds
-it at once; the journal's context loads give each load's tier and the bytes it copied, and
-the table sums the bytes of loads whose artifacts came from the origin.
+for each N, shared by the workers as on one node, or one per worker as on N nodes) runs a job
+of one-second tasks under one context (the bundled model, else the 1b shape), so that every
+worker builds it at once. The bytes each staging copied from the origin, builds and
+prefetches alike, are summed from the workers' state reports; the journal's context loads
+say where each build found the model.
 """
 
 from __future__ import annotations
@@ -471,8 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(table) + "\n", flush=True)
         lines += [*table, ""]
     if not args.no_workers:
-        # The smallest model: table 2 counts bytes, and N copies of it must fit the device.
-        lines += origin_table(counts, *models[0], str(device), args.host_dir)
+        # A small model: table 2 counts bytes, and N copies of it must fit one device.
+        small = models[0] if models[0][0].startswith("bundled") else None
+        if small is None:
+            small = ("random Llama 1b shape", make_model("1b", args.model_dir, device))
+        lines += origin_table(counts, *small, str(device), args.host_dir)
     print()
     print("\n".join(lines))
     return 0
