@@ -96,12 +96,15 @@ def load_causal_lm(
         model, moved = fast_build(folder, device, dtype, readers=readers)
         return model, LoadReport("fast", time.perf_counter() - started, moved)
     except FallbackNeeded as why:
-        logger.warning("pervade: loading %s with from_pretrained: %s", folder, why)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, device_map=str(device) if device.type != "cpu" else None
-        )
-        model.eval()
-        return model, LoadReport("from_pretrained", time.perf_counter() - started, 0, str(why))
+        reason = str(why)
+    # Out of the handler: its traceback, and with it whatever the fast path had already put
+    # on the device, is gone before from_pretrained needs the room.
+    logger.warning("pervade: loading %s with from_pretrained: %s", folder, reason)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, device_map=str(device) if device.type != "cpu" else None
+    )
+    model.eval()
+    return model, LoadReport("from_pretrained", time.perf_counter() - started, 0, reason)
 
 
 def fast_build(
@@ -121,13 +124,14 @@ def fast_build(
     model = skeleton(folder, dtype)
     threads = readers or min(8, os.cpu_count() or 1)
     use_bounce = device.type != "cpu" if bounce is None else bounce
+    headers = [(file, *read_header(file)) for file in files]
+    check_names(model, [e for _, _, entries in headers for e in entries])
     tensors: dict[str, torch.Tensor] = {}
     moved = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="pervade-read") as pool:
         reader = Readers(pool, threads)
         buffers = Bounce(device, bounce_bytes) if use_bounce else None
-        for file in files:
-            offset, entries = read_header(file)
+        for file, offset, entries in headers:
             if buffers is None and device.type == "cpu" and _converts(entries, dtype):
                 found, size = read_converting(file, offset, entries, dtype)
             else:
@@ -354,15 +358,7 @@ def assemble(
 ) -> None:
     """Put the file tensors into the skeleton, tie the tied weights, move the buffers."""
     expected = model.state_dict()
-    # Non-persistent buffers some old checkpoints still hold (rotary inv_freq): the model's
-    # own values are the ones used, as in from_pretrained.
-    unknown = sorted(k for k in tensors if k not in expected and not _is_buffer(model, k))
-    if unknown:
-        raise FallbackNeeded(f"checkpoint names the model does not have: {unknown[:5]}")
     state = {k: _converted(v, expected[k].dtype) for k, v in tensors.items() if k in expected}
-    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
-    if wrong:
-        raise FallbackNeeded(f"tensors of another shape than the model's: {wrong[:5]}")
     model.load_state_dict(state, strict=False, assign=True)
     # The skeleton's tied head still points at the meta embedding it was built with.
     model.tie_weights()
@@ -370,6 +366,22 @@ def assemble(
     if empty:
         raise FallbackNeeded(f"weights missing from the files: {empty[:5]}")
     model.to(device)  # the buffers, built on the CPU; parameters are already there
+
+
+def check_names(model: Any, entries: list[TensorEntry]) -> None:
+    """`FallbackNeeded` unless every file tensor has a place of its shape in the model: names
+    that need mapping (older layouts, fused experts) are from_pretrained's business. Checked
+    from the headers, before any byte is read."""
+    expected = model.state_dict()  # meta tensors: names and shapes only
+    # Non-persistent buffers some old checkpoints still hold (rotary inv_freq): the model's
+    # own values are the ones used, as in from_pretrained.
+    unknown = sorted(e.name for e in entries if e.name not in expected)
+    unknown = [name for name in unknown if not _is_buffer(model, name)]
+    if unknown:
+        raise FallbackNeeded(f"checkpoint names the model does not have: {unknown[:5]}")
+    wrong = [e.name for e in entries if e.name in expected and e.shape != expected[e.name].shape]
+    if wrong:
+        raise FallbackNeeded(f"tensors of another shape than the model's: {wrong[:5]}")
 
 
 def _converted(tensor: torch.Tensor, want: torch.dtype) -> torch.Tensor:
