@@ -254,3 +254,20 @@ def test_bundled_model_equals_from_pretrained(dtype: torch.dtype) -> None:
     assert report.method == "fast"
     ids = torch.tensor([[1, 504, 3575, 282, 4649, 314, 2, 28, 9000]])
     assert_same_model(model, reference(path, dtype), ids)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_cuda_through_pinned_bounce_buffers(tmp_path: Path, tied: bool) -> None:
+    cuda = torch.device("cuda")
+    path = save_tiny(tmp_path, "qwen2", tied, shard="100KB")
+    # 64 KiB buffers: many chunks per shard, so both buffers and their events are reused.
+    model, moved = fast_build(path, cuda, torch.bfloat16, bounce_bytes=64 << 10)
+    assert moved > 0 and {p.device.type for p in model.parameters()} == {"cuda"}
+    assert {b.device.type for b in model.buffers()} == {"cuda"}
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda")
+    with torch.inference_mode():
+        assert torch.equal(model(IDS.to(cuda)).logits, ref(IDS.to(cuda)).logits)
+    for name, value in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == tied
