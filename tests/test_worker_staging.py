@@ -44,7 +44,7 @@ class FakeRemote:
         return CopySource(self.peer.entry_path(artifact.digest), manifest, Tier.PEER)
 
     @contextlib.contextmanager
-    def origin_lease(self) -> Iterator[None]:
+    def origin_lease(self, digest: str) -> Iterator[None]:
         self.log.append("lease")
         self.leased = True
         try:
@@ -199,7 +199,7 @@ def test_origin_readers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from pervade.worker.holders import READERS_ENV, readers_from_env
 
     monkeypatch.delenv(READERS_ENV, raising=False)
-    assert readers_from_env() == 2
+    assert readers_from_env() == 1
     monkeypatch.setenv(READERS_ENV, "5")
     assert readers_from_env() == 5
     assert readers_from_env(1) == 1  # an explicit setting wins

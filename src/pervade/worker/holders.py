@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 def readers_from_env(value: int | str | None = None) -> int:
-    """Origin readers allowed at once: `value`, else PERVADE_ORIGIN_READERS, else 2."""
+    """Workers reading one artifact from its origin at once: `value`, else
+    PERVADE_ORIGIN_READERS, else 1."""
     if value is None:
         value = os.environ.get(READERS_ENV) or ORIGIN_READERS
     try:
@@ -119,7 +120,7 @@ class DaskRemote:
         self.timeout = timeout
         self.chunk = chunk
         self._published: set[str] = set()
-        self._semaphore: Any = None
+        self._semaphores: dict[str, Any] = {}
         self._lock = threading.Lock()  # tasks and prefetch threads share one semaphore
 
     def _run(self, coroutine: Any, *args: Any, **kwargs: Any) -> Any:
@@ -169,15 +170,19 @@ class DaskRemote:
         return await asyncio.wait_for(call, self.timeout)
 
     @contextlib.contextmanager
-    def origin_lease(self) -> Iterator[None]:
+    def origin_lease(self, digest: str) -> Iterator[None]:
+        # One limit per artifact: a second reader of the same files would only double what
+        # the origin serves (the first one's copy reaches everyone through peers), while
+        # different artifacts (several models) are read side by side.
         with self._lock:
-            if self._semaphore is None:
-                self._semaphore = origin_readers(
+            semaphore = self._semaphores.get(digest)
+            if semaphore is None:
+                semaphore = self._semaphores[digest] = origin_readers(
+                    scope=digest,
                     max_leases=self.readers,
                     scheduler_rpc=self.worker.scheduler,
                     loop=self.worker.loop,
                 )
-            semaphore = self._semaphore
         semaphore.acquire()
         try:
             yield

@@ -308,7 +308,7 @@ def unregister_handlers(worker: Any) -> None:
         worker.handlers.pop(op, None)
 
 
-ORIGIN_READERS = 2
+ORIGIN_READERS = 1
 
 
 def origin_readers(

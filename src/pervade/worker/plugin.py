@@ -33,7 +33,8 @@ class ContextHostPlugin(WorkerPlugin):
     `host_cache_dir` and `host_cache_limit` set the HOST (tmpfs) cache the same way
     (PERVADE_HOST_CACHE, PERVADE_HOST_CACHE_LIMIT; a limit of 0 turns it off).
     `peers`: serve cached artifacts to other workers and pull from them; `origin_readers`:
-    how many workers of the cluster read an origin at once (PERVADE_ORIGIN_READERS, 2).
+    how many workers of the cluster read one artifact from its origin at once
+    (PERVADE_ORIGIN_READERS, 1; the others copy it from a peer).
     `device_memory`: bytes (or a size) the live contexts may hold together before the least
     valuable are demoted to the HOST tier (PERVADE_DEVICE_MEMORY; by default 80% of the
     GPU, half the RAM without one; "none": no limit)."""

@@ -38,7 +38,7 @@ class Remote(Protocol):
         """A Source that pulls `artifact` from `holders`; raises when none answers."""
         ...
 
-    def origin_lease(self) -> contextlib.AbstractContextManager[None]:
+    def origin_lease(self, digest: str) -> contextlib.AbstractContextManager[None]:
         """Held while reading an origin: the cluster-wide limit on origin readers."""
         ...
 
@@ -130,7 +130,7 @@ class StagingChain:
             if from_peer is not None:
                 self._publish(digest)
                 return from_peer
-            with remote.origin_lease():
+            with remote.origin_lease(digest):
                 if not looked_again and remote.holders(digest):
                     continue  # leaves the lease to the next origin reader
                 staged = cache.stage(artifact, lambda: OriginSource(artifact))
