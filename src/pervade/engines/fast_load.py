@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import mmap
 import os
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +34,18 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+from pervade.engines.host_form import form_dir, has_form, write_form
+from pervade.engines.safetensors_files import (
+    FallbackNeeded,
+    TensorEntry,
+    converts,
+    data_size,
+    map_file,
+    read_converting,
+    read_header,
+    tensor_view,
+)
 
 try:
     from transformers.initialization import no_init_weights
@@ -47,27 +57,6 @@ logger = logging.getLogger(__name__)
 MiB = 1 << 20
 BOUNCE_BYTES = 256 * MiB  # each of the two pinned buffers
 _PIECE = 16 * MiB  # the least one reader thread is given: smaller reads cost more than they gain
-_MAX_HEADER = 100 * MiB  # safetensors' own limit on the JSON header
-
-_DTYPES: dict[str, torch.dtype] = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
-    if hasattr(torch, _attr):
-        _DTYPES[_name] = getattr(torch, _attr)
-
-
-class FallbackNeeded(Exception):
-    """The fast path cannot build this model; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +67,32 @@ class LoadReport:
     reason: str | None = None  # why from_pretrained was used
 
 
-@dataclass(frozen=True, slots=True)
-class TensorEntry:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int  # byte offsets into the file's data region
-    end: int
-
-
 def load_causal_lm(
-    folder: Path, device: torch.device, dtype: torch.dtype, readers: int | None = None
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    readers: int | None = None,
+    host_root: Path | None = None,
 ) -> tuple[Any, LoadReport]:
-    """The model of `folder` on `device` in `dtype`, in eval mode, and how it was loaded."""
+    """The model of `folder` on `device` in `dtype`, in eval mode, and how it was loaded.
+
+    On the CPU, a `folder` in the HOST cache (at `host_root`, by default the configured
+    one) is mapped rather than read, and its device form is used, or written after the
+    first build that had to convert (see `host_form`)."""
     started = time.perf_counter()
+    form = form_dir(folder, dtype, host_root) if device.type == "cpu" else None
+    if form is not None and has_form(form):
+        try:
+            model, moved = fast_build(form, device, dtype, readers=readers, mapped=True)
+            return model, LoadReport("host form", time.perf_counter() - started, moved)
+        except Exception as exc:  # a form is a shortcut: the entry itself still builds
+            logger.warning(
+                "pervade: the device form %s failed (%s); building from %s", form, exc, folder
+            )
     try:
-        model, moved = fast_build(folder, device, dtype, readers=readers)
+        model, moved = fast_build(folder, device, dtype, readers=readers, mapped=form is not None)
+        if form is not None and _dtypes_differ(folder, dtype):
+            write_form(model, folder, form)
         return model, LoadReport("fast", time.perf_counter() - started, moved)
     except FallbackNeeded as why:
         reason = str(why)
@@ -114,11 +113,14 @@ def fast_build(
     readers: int | None = None,
     bounce: bool | None = None,
     bounce_bytes: int = BOUNCE_BYTES,
+    mapped: bool = False,
 ) -> tuple[Any, int]:
     """The model and the weight bytes read; `FallbackNeeded` where the fast path cannot.
 
     `bounce` (default: on any device but the CPU) sends the bytes through two bounce
     buffers; on the CPU that is only for testing the bounce logic without a GPU.
+    `mapped` (CPU only): tensors already in `dtype` are copy-on-write views of the file,
+    not copies; for files in memory (tmpfs) that nothing rewrites in place.
     """
     files = weight_files(folder)
     model = skeleton(folder, dtype)
@@ -132,8 +134,10 @@ def fast_build(
         reader = Readers(pool, threads)
         buffers = Bounce(device, bounce_bytes) if use_bounce else None
         for file, offset, entries in headers:
-            if buffers is None and device.type == "cpu" and _converts(entries, dtype):
+            if buffers is None and device.type == "cpu" and converts(entries, dtype):
                 found, size = read_converting(file, offset, entries, dtype)
+            elif buffers is None and device.type == "cpu" and mapped:
+                found, size = map_file(file, offset, entries)
             else:
                 found, size = read_file(file, offset, entries, device, reader, buffers)
             tensors.update(found)
@@ -187,28 +191,6 @@ def skeleton(folder: Path, dtype: torch.dtype) -> Any:
     ):
         raise FallbackNeeded("the model keeps some modules in float32")
     return model
-
-
-def read_header(path: Path) -> tuple[int, list[TensorEntry]]:
-    """The offset of a safetensors file's data region and the tensors in it."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (length,) = struct.unpack("<Q", head)
-        if length > _MAX_HEADER:
-            raise ValueError(f"{path}: not a safetensors file (header of {length} bytes)")
-        header = json.loads(f.read(length))
-    entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise FallbackNeeded(f"{path.name}: tensor dtype {info['dtype']} is not handled")
-        begin, end = info["data_offsets"]
-        entries.append(TensorEntry(name, dtype, tuple(info["shape"]), int(begin), int(end)))
-    return 8 + length, entries
 
 
 class Readers:
@@ -295,7 +277,7 @@ def read_file(
     bounce: Bounce | None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """The tensors of one safetensors file on `device` (views of one buffer), and its bytes."""
-    size = _data_size(path, offset, entries)
+    size = data_size(path, offset, entries)
     data = torch.empty(size, dtype=torch.uint8, device=device)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -307,50 +289,12 @@ def read_file(
             raise ValueError(f"reading to {device} needs bounce buffers")
     finally:
         os.close(fd)
-    return {e.name: _view(data, e) for e in entries}, size
+    return {e.name: tensor_view(data, e) for e in entries}, size
 
 
-def read_converting(
-    path: Path, offset: int, entries: list[TensorEntry], dtype: torch.dtype
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The tensors of one file on the CPU, floats converted to `dtype` straight out of the
-    page cache through a mapping: one pass over the bytes instead of a copy and a conversion.
-    Nothing keeps the mapping: the model must not depend on the file staying put."""
-    size = _data_size(path, offset, entries)
-    with open(path, "rb") as f:
-        # ACCESS_COPY: a writable (private) mapping, which torch.frombuffer wants.
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
-    if mapped is None:
-        return {e.name: _view(torch.empty(0, dtype=torch.uint8), e) for e in entries}, 0
-    data = torch.frombuffer(mapped, dtype=torch.uint8)[offset : offset + size]
-    out = {}
-    for entry in entries:
-        view = _view(data, entry)
-        out[entry.name] = view.to(dtype) if _float(entry.dtype) else view.clone()
-    return out, size
-
-
-def _converts(entries: list[TensorEntry], dtype: torch.dtype) -> bool:
-    return any(_float(e.dtype) and e.dtype != dtype for e in entries)
-
-
-def _float(dtype: torch.dtype) -> bool:
-    return dtype.is_floating_point
-
-
-def _data_size(path: Path, offset: int, entries: list[TensorEntry]) -> int:
-    size = max((e.end for e in entries), default=0)
-    if offset + size > path.stat().st_size:
-        raise ValueError(f"{path}: shorter than the tensors its header lists")
-    return size
-
-
-def _view(data: torch.Tensor, entry: TensorEntry) -> torch.Tensor:
-    raw = data[entry.begin : entry.end]
-    itemsize = torch.empty((), dtype=entry.dtype).element_size()
-    if entry.begin % itemsize:
-        raw = raw.clone()  # a typed view needs its offset to be a whole number of elements
-    return raw.view(entry.dtype).reshape(entry.shape)
+def _dtypes_differ(folder: Path, dtype: torch.dtype) -> bool:
+    """Whether building `folder` in `dtype` converted floats (a device form then pays)."""
+    return any(converts(read_header(f)[1], dtype) for f in weight_files(folder))
 
 
 def assemble(

@@ -9,6 +9,8 @@ Layout under the root (other components, peer transfer among them, read it direc
     <root>/.partial/<digest>-*   copies in progress, renamed into place when verified
     <root>/.locks/<digest>.fetch held exclusively while the entry is fetched or evicted
     <root>/.locks/<digest>.pin   held shared while a context uses the entry
+    <root>/.forms/<digest>-*     what engines derived from the entry (a model converted to
+                                 its device's dtype); removed with the entry
 
 Several worker processes of one node may share a root: the lock files (fcntl.flock) keep
 them from fetching one artifact twice or evicting what another one uses.
@@ -42,6 +44,9 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 # called only on a miss, under the entry's fetch lock, so a source that looks around (for
 # peers that hold the artifact) looks after the wait, not before it.
 SourceOrFactory = Source | Callable[[], Source]
+
+
+FORMS_DIR = ".forms"  # see the layout above
 
 
 class ArtifactMismatch(RuntimeError):
@@ -332,6 +337,8 @@ class ArtifactCache:
         # The manifest goes first: from then on the entry is incomplete to every reader.
         self.manifest_path(digest).unlink(missing_ok=True)
         shutil.rmtree(self.entry_path(digest), ignore_errors=True)
+        for derived in (self.root / FORMS_DIR).glob(f"{digest}-*"):
+            shutil.rmtree(derived, ignore_errors=True)
 
     def clean(self) -> None:
         """Remove copies left in `.partial` and entries without a manifest by processes
