@@ -382,3 +382,13 @@ def test_engine_loads_its_weights_through_the_fast_loader(engine: HFEngine) -> N
     report = engine.load_report
     assert report is not None and report.method == "fast" and report.reason is None
     assert report.bytes > 0 and 0 < report.seconds <= engine.load_seconds
+
+
+def test_device_bytes_counts_every_weight_once(engine: HFEngine) -> None:
+    tensors = {t.data_ptr(): t for t in (*engine.model.parameters(), *engine.model.buffers())}
+    expected = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert engine.model.config.tie_word_embeddings == (
+        engine.model.get_input_embeddings().weight.data_ptr()
+        == engine.model.get_output_embeddings().weight.data_ptr()
+    )
+    assert engine.device_bytes == expected > 0

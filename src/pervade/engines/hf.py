@@ -102,6 +102,16 @@ class HFEngine:
         return engine
 
     @property
+    def device_bytes(self) -> int:
+        """Bytes the weights hold on the device (shared tensors once): what the worker
+        weighs against its device budget when another context needs room."""
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in (*self.model.parameters(), *self.model.buffers())
+        }
+        return sum(storages.values())
+
+    @property
     def max_length(self) -> int:
         config = self.model.config
         for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
