@@ -11,7 +11,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pervade.worker.peer import (
     origin_readers,
 )
 from pervade.worker.peer_pull import MiB, PeerPullError, PullStats, pull
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -61,14 +62,6 @@ def write_entry(root: Path, files: dict[str, bytes] = FILES) -> None:
 def assert_copied(dest: Path) -> None:
     for name, data in FILES.items():
         assert (dest / name).read_bytes() == data, name
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
