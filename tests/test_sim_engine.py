@@ -1,0 +1,123 @@
+"""The simulator drives the real dispatcher: deterministic, exactly once, and timed right."""
+
+from __future__ import annotations
+
+import pytest
+
+from pervade.core.churn import ChurnRate
+from pervade.core.config import DispatchConfig
+from pervade.sim import GpuClass, Job, Loads, Pool, Scenario, SimulationError, simulate, table
+from pervade.traces import load_churn
+
+GB = 10**9
+JOB = Job(items=3000, work_seconds=2.0, model_bytes=8 * GB)
+MIXED = Pool((GpuClass("a100", 6, 1.0), GpuClass("h100", 4, 2.5)))
+
+
+def churned(seed: int) -> Scenario:
+    return Scenario(
+        JOB, MIXED, ChurnRate(mean_seconds=200.0, graceful=0.5, rejoin_seconds=10.0), seed
+    )
+
+
+def test_same_seed_same_log_and_another_seed_another() -> None:
+    first, again = simulate(churned(7), log=True), simulate(churned(7), log=True)
+    assert first.log == again.log
+    assert "\n".join(first.log).encode() == "\n".join(again.log).encode()
+    assert first.makespan == again.makespan and first.series == again.series
+    other = simulate(churned(8), log=True)
+    assert other.log != first.log
+    # the log really holds the churn: evictions of both kinds happened
+    assert any("TaskFailed" in line and "evicted=True" in line for line in first.log)
+    assert any("WorkerDraining" in line for line in first.log)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_item_completes_exactly_once_under_churn(seed: int) -> None:
+    result = simulate(churned(seed))
+    assert result.evictions > 5
+    assert result.items_rerun > 0  # hard evictions lost running work, which ran again
+    assert result.completed == JOB.items
+
+
+def test_exactly_once_is_checked_per_item() -> None:
+    from pervade.sim.engine import Simulation
+
+    sim = Simulation(churned(4))
+    result = sim.run()
+    assert result.completed == JOB.items
+    assert set(sim.done_count) == {1}
+
+
+def test_static_pool_makespan_is_work_over_speed_plus_one_load() -> None:
+    workers, speed = 8, 2.0
+    # One origin stream per worker: no worker waits for another's read.
+    loads = Loads(host_seconds=5.0, origin_bandwidth=8 * GB, origin_streams=workers)
+    job = Job(items=4000, work_seconds=0.5, model_bytes=8 * GB)
+    result = simulate(Scenario(job, Pool((GpuClass("g", workers, speed),), loads)))
+    load = 8 * GB / (8 * GB / workers) + 5.0  # 8 s read at a stream's share, then 5 s
+    ideal = job.items * job.work_seconds / (workers * speed) + load
+    assert result.completed == job.items
+    assert ideal <= result.makespan <= ideal * 1.05
+    assert result.loads == workers and result.items_rerun == 0
+    assert result.origin_bytes == workers * 8 * GB
+    assert 0.7 < result.goodput.share <= 1.0
+
+
+def test_naive_loads_per_task_and_is_slower_than_warm_reuse() -> None:
+    pool = Pool((GpuClass("g", 8),), Loads(host_seconds=5.0, origin_bandwidth=2 * GB))
+    warm = simulate(Scenario(JOB, pool))
+    naive = simulate(Scenario(JOB, pool, reuse=False))
+    assert naive.completed == warm.completed == JOB.items
+    assert naive.loads > 3 * warm.loads
+    # Every extra build costs at least its host seconds on one of the 8 workers.
+    assert naive.makespan > warm.makespan + (naive.loads - warm.loads) * 5.0 / 8
+    assert naive.makespan > 1.2 * warm.makespan
+    assert naive.origin_bytes > 3 * warm.origin_bytes
+    assert naive.goodput.share < warm.goodput.share
+
+
+def test_late_joiners_copy_from_peers_not_the_origin() -> None:
+    # One worker at first; the rest join through a rate churn's refills, once it runs.
+    pool = Pool((GpuClass("g", 4),), Loads(origin_bandwidth=1 * GB, origin_streams=1))
+    result = simulate(Scenario(Job(3000, 1.0, 8 * GB), pool, ChurnRate(100.0, 1.0, 5.0), seed=5))
+    assert result.completed == 3000
+    assert result.loads > 4  # replacements built their contexts
+    # Only builds with no holder anywhere read the origin.
+    assert result.origin_bytes < result.loads * 8 * GB
+
+
+def test_series_tracks_workers_backlog_and_throughput() -> None:
+    result = simulate(churned(1))
+    assert result.series
+    backlogs = [s.backlog for s in result.series]
+    assert backlogs == sorted(backlogs, reverse=True)
+    assert max(s.active_workers for s in result.series) <= MIXED.size
+    assert sum(s.throughput * 60.0 for s in result.series) <= JOB.items
+
+
+def test_a_real_trace_drives_the_pool() -> None:
+    churn = load_churn("trace:bamboo-g4dn,fit=900,floor=1,seed=2", workers=MIXED.size)
+    result = simulate(Scenario(JOB, MIXED, churn, seed=2), log=True)
+    assert result.completed == JOB.items
+    assert any("WorkerLeft" in line for line in result.log)
+
+
+def test_a_pool_that_empties_for_good_is_an_error() -> None:
+    churn = load_churn("trace:bamboo-g4dn,fit=30,seed=2", workers=2)
+    big = Job(items=100_000, work_seconds=10.0, model_bytes=GB)
+    with pytest.raises(SimulationError, match="emptied for good"):
+        simulate(Scenario(big, Pool((GpuClass("g", 2),)), churn, sample_seconds=5.0))
+
+
+def test_dispatch_config_is_the_dispatchers() -> None:
+    small = simulate(Scenario(JOB, MIXED, dispatch=DispatchConfig(max_task_items=8)), log=True)
+    big = simulate(Scenario(JOB, MIXED, dispatch=DispatchConfig(max_task_items=64)), log=True)
+    assert small.completed == big.completed == JOB.items
+    assert sum("TaskFinished" in x for x in small.log) > sum("TaskFinished" in x for x in big.log)
+
+
+def test_table_names_each_scenario() -> None:
+    text = table([("static", simulate(Scenario(JOB, MIXED)))])
+    assert text.splitlines()[0].split()[0] == "scenario"
+    assert text.splitlines()[1].startswith("static")
