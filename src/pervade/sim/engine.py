@@ -86,6 +86,7 @@ class Simulation:
         self.rng = Random(scenario.seed)
         self.ledger = Ledger()
         self.origin = simpy.Resource(self.env, capacity=scenario.pool.loads.origin_streams)
+        self.origin_reads: dict[str, simpy.Event] = {}  # context -> its origin read's end
         self.slots = scenario.pool.slot_classes()
         self.free_slots = list(range(len(self.slots)))  # lowest first
         self.workers: dict[str, _Worker] = {}
@@ -230,16 +231,31 @@ class Simulation:
         )
 
     def _fetch(self, w: _Worker, context: str) -> Generator[simpy.Event, Any, Tier]:
-        """Bring the context's bytes into `w`'s host memory: from a peer if one holds
-        them, else from the origin (waiting for a stream of its shared bandwidth)."""
+        """Bring the context's bytes onto `w`'s node: from a peer if one has them, else from
+        the origin (waiting for a stream of its shared bandwidth). As in the runtime, one
+        reader per artifact reads the origin; the others wait for it, then copy from it."""
         loads, size = self.s.pool.loads, self.s.job.model_bytes
-        if self.s.reuse and self._holder(w, context):
-            yield self.env.timeout(size / loads.peer_bandwidth)
-            return Tier.PEER
-        with self.origin.request() as request:
-            yield request
-            yield self.env.timeout(size * loads.origin_streams / loads.origin_bandwidth)
-        self.origin_bytes += size
+        while self.s.reuse:
+            if self._holder(w, context):
+                yield self.env.timeout(size / loads.peer_bandwidth)
+                w.staged.add(context)
+                return Tier.PEER
+            pending = self.origin_reads.get(context)
+            if pending is None:
+                break
+            yield pending  # then look again: the reader may have been evicted meanwhile
+        done = self.origin_reads[context] = self.env.event()
+        try:
+            with self.origin.request() as request:
+                yield request
+                yield self.env.timeout(size * loads.origin_streams / loads.origin_bandwidth)
+            self.origin_bytes += size
+            if self.s.reuse:
+                w.staged.add(context)  # the bytes stay on the node: peers may copy them
+        finally:
+            if self.origin_reads.get(context) is done:
+                del self.origin_reads[context]
+            done.succeed()
         return Tier.ORIGIN
 
     def _load(self, w: _Worker, context: str) -> Proc:
