@@ -12,7 +12,6 @@ import queue
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -44,6 +43,8 @@ from pervade.core import (
 from pervade.core.accounting import Ledger
 from pervade.core.load_costs import parse_tier
 from pervade.journal import Accepted, Journal, Outcome
+from pervade.runtime.driver_config import DriverConfig as DriverConfig  # re-exported
+from pervade.runtime.driver_config import RunAborted as RunAborted  # re-exported
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
@@ -57,18 +58,6 @@ from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
 from pervade.worker.tasks import TaskReport, live_contexts
 
 Observer = Callable[[RunStats], None]
-
-
-class RunAborted(RuntimeError):
-    """The run cannot make progress; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class DriverConfig:
-    membership_poll: float = 0.5  # seconds between looks at the scheduler's worker list
-    window: int = 20_000  # items read ahead of the dispatcher
-    grace_seconds: float = 60.0  # a worker's time from SIGTERM to its kill
-    observe_every: float = 0.25
 
 
 class Driver:
