@@ -26,6 +26,8 @@ from pervade.runtime.cluster import connect
 from pervade.runtime.driver import DriverConfig, RunAborted
 from pervade.runtime.output import OutputConflict
 from pervade.runtime.session import preflight, run_job
+from pervade.sim import cli as sim_cli
+from pervade.sim.engine import SimulationError
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -58,6 +60,7 @@ _OVERRIDES = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pervade", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    sim_cli.add_parser(commands)
     run = commands.add_parser("run", help="run a job: a job file, flags, or both")
     run.add_argument("job", nargs="?", type=Path, help="job file (TOML)")
     run.add_argument("--app", help="bundled application (fact-verification)")
@@ -131,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    if args.command == "simulate":
+        try:
+            sim_cli.main(args)
+        except (ConfigError, SimulationError) as exc:
+            console.print(f"pervade: error: {exc}", markup=False)
+            return EXIT_UNUSABLE
+        return EXIT_OK
     try:
         sections, base = _sections(args)
         plan = build_plan(sections, base, lambda text: console.print(text))
