@@ -124,3 +124,14 @@ def test_table_names_each_scenario() -> None:
     text = table([("static", simulate(Scenario(JOB, MIXED)))])
     assert text.splitlines()[0].split()[0] == "scenario"
     assert text.splitlines()[1].startswith("static")
+
+
+def test_goodput_books_the_work_once_and_the_losses_apart() -> None:
+    # One class at speed 2: accepted work is items x work / 2 whatever the churn.
+    pool = Pool((GpuClass("g", 10, 2.0),))
+    churn = ChurnRate(mean_seconds=150.0, graceful=0.5, rejoin_seconds=10.0)
+    result = simulate(Scenario(JOB, pool, churn, seed=3))
+    books = result.goodput
+    assert books.useful == pytest.approx(JOB.items * JOB.work_seconds / 2.0)
+    assert books.lost > 0  # hard evictions cut running tasks
+    assert books.useful + books.loading + books.lost <= books.worker_seconds + 1e-6

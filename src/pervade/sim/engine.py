@@ -207,7 +207,7 @@ class Simulation:
                     continue
                 task = w.queue.popleft()
                 if task.context not in w.live:
-                    self.feed(TaskFinished(task.task, unfinished=task.items))
+                    self._hand_back(task)
                     continue
                 w.running, start = task, self.env.now
                 seconds = len(task.items) * self.s.job.work_seconds / w.gpu.speed
@@ -224,6 +224,11 @@ class Simulation:
                 self.feed(TaskFinished(task.task))
         except simpy.Interrupt:
             return
+
+    def _hand_back(self, task: RunTask) -> None:
+        """Return a task unstarted: no time of the worker's went into it."""
+        self.ledger.reported(task.task, self.env.now, 0.0, 0, 0, 0.0)
+        self.feed(TaskFinished(task.task, unfinished=task.items))
 
     def _holder(self, w: _Worker, context: str) -> bool:
         return any(
@@ -301,7 +306,7 @@ class Simulation:
         self.feed(WorkerDraining(w.name))
         handed_back, w.queue = list(w.queue), deque()
         for task in handed_back:
-            self.feed(TaskFinished(task.task, unfinished=task.items))
+            self._hand_back(task)
         if w.running is not None and w.run_end - self.env.now <= self.s.grace_seconds:
             # The worker's own timeout was scheduled first: its report comes before this.
             yield self.env.timeout(w.run_end - self.env.now)
