@@ -19,7 +19,7 @@ from typing import Any
 import simpy
 
 from pervade.core.accounting import Ledger
-from pervade.core.availability import Join, TraceChurn, trace_schedule
+from pervade.core.availability import TraceChurn, trace_schedule
 from pervade.core.cache_policy import Tier
 from pervade.core.churn import ChurnRate, Eviction, EvictionKind
 from pervade.core.decisions import (
@@ -46,10 +46,9 @@ from pervade.core.events import (
 )
 from pervade.core.items import ItemRef
 from pervade.core.states import ContextState
+from pervade.sim.availability import Availability, Proc
 from pervade.sim.model import GpuClass, Scenario
 from pervade.sim.result import Sample, SimResult
-
-Proc = Generator[simpy.Event, Any, None]
 
 
 class SimulationError(RuntimeError):
@@ -73,7 +72,7 @@ class _Worker:
     draining: bool = False
 
 
-class Simulation:
+class Simulation(Availability):
     def __init__(self, scenario: Scenario, log: bool = False) -> None:
         self.s = scenario
         config = scenario.dispatch
@@ -314,44 +313,6 @@ class Simulation:
             yield self.env.timeout(self.s.grace_seconds)
         if w.alive:
             self._leave(w)
-
-    # -- availability ----------------------------------------------------------------
-
-    def _take_slot(self) -> int | None:
-        return self.free_slots.pop(0) if self.free_slots else None
-
-    def _join_free(self) -> None:
-        slot = self._take_slot()
-        if slot is not None:
-            self._join(slot)
-
-    def _rate_churn(self, rate: ChurnRate) -> Proc:
-        """Evictions as a Poisson process over the nominal pool (as `eviction_schedule`
-        draws them), each evicted slot refilled after `rejoin_seconds`."""
-        pool = len(self.slots)
-        while not self.done.triggered:
-            yield self.env.timeout(self.rng.expovariate(pool / rate.mean_seconds))
-            graceful = self.rng.random() < rate.graceful
-            kind = EvictionKind.GRACEFUL if graceful else EvictionKind.HARD
-            self.env.process(self._evict(Eviction(self.env.now, kind, self.rng.random())))
-            self.env.process(self._rejoin(rate.rejoin_seconds))
-
-    def _rejoin(self, after: float) -> Proc:
-        yield self.env.timeout(after)
-        if not self.done.triggered:
-            self._join_free()
-
-    def _trace(self, actions: tuple[Join | Eviction, ...]) -> Proc:
-        for action in actions:
-            if self.done.triggered:
-                return
-            if action.at > self.env.now:
-                yield self.env.timeout(action.at - self.env.now)
-            if isinstance(action, Join):
-                self._join_free()
-            else:
-                self.env.process(self._evict(action))
-        self.availability_over = True
 
     def _sampler(self) -> Proc:
         step, last = self.s.sample_seconds, 0
