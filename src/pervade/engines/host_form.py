@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import shutil
 from pathlib import Path
@@ -28,12 +27,11 @@ from typing import Any
 import torch
 
 from pervade.engines.safetensors_files import write_safetensors
-from pervade.storage.cache import FORMS_DIR
+from pervade.storage.cache import FORMS_DIR, is_digest
 from pervade.storage.host import HOST_MARGIN, default_host_root
 
 logger = logging.getLogger(__name__)
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # Files besides the weights that building the skeleton reads.
 _CONFIG_FILES = ("config.json", "generation_config.json")
 
@@ -43,7 +41,7 @@ def form_dir(folder: Path, dtype: torch.dtype, host_root: Path | None = None) ->
     at `host_root` (by default the configured one); else None (no form for it)."""
     root = (host_root or default_host_root()).resolve()
     folder = folder.resolve()
-    if folder.parent != root or not _DIGEST.match(folder.name):
+    if folder.parent != root or not is_digest(folder.name):
         return None
     return root / FORMS_DIR / f"{folder.name}-{str(dtype).removeprefix('torch.')}"
 
