@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,9 +226,24 @@ def _batch(section: dict[str, Any], workers: int, grace: float) -> BatchConfig |
     )
 
 
+_DISPATCH_FLAGS = frozenset({"adaptive", "speculate", "prefetch"})
+_DISPATCH_SECONDS = frozenset({"task_overhead"})
+
+
 def _dispatch(section: dict[str, Any]) -> DispatchConfig:
+    known = {f.name for f in dataclasses.fields(DispatchConfig)}
     for key, value in section.items():
-        if not isinstance(value, int) or isinstance(value, bool):
+        if key not in known:
+            raise ConfigError(
+                f"dispatch.{key}: unknown setting (known: {', '.join(sorted(known))})"
+            )
+        if key in _DISPATCH_FLAGS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"dispatch.{key} must be true or false, got {value!r}")
+        elif key in _DISPATCH_SECONDS:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"dispatch.{key} must be a number of seconds, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"dispatch.{key} must be an integer, got {value!r}")
     return DispatchConfig(**section)
 

@@ -15,6 +15,7 @@ from pervade.core.decisions import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    ScaleAdvice,
     StageContext,
 )
 from pervade.core.dispatcher import Dispatcher
@@ -52,6 +53,7 @@ __all__ = [
     "RequeueItems",
     "RestartWorker",
     "RunTask",
+    "ScaleAdvice",
     "StageContext",
     "TaskFailed",
     "TaskFinished",

@@ -22,6 +22,16 @@ class DispatchConfig:
         an error. Evictions never count.
     max_load_failures: failed context builds on one worker before that worker is no longer
         asked to build that context.
+    task_items: the user's batch size. With `adaptive` it is only where sizing starts (and
+        never more than the backlog's fair share); without, every task takes exactly this
+        many items (None: the backlog-share rule within min/max_task_items).
+    adaptive: size each worker's tasks from its measured items/s and its GPU class's
+        observed eviction hazard (Young/Daly), within the backlog's fair share.
+    speculate: when the backlog is empty, idle warm workers run copies of the slowest
+        outstanding tasks; the first result wins.
+    prefetch: busy workers stage the artifacts of other waiting contexts in the background.
+    task_overhead: seconds one task costs beyond its items (dispatch, batching, writing
+        results): what adaptive sizing weighs against the work an eviction loses.
     """
 
     max_in_flight: int = 2
@@ -30,6 +40,11 @@ class DispatchConfig:
     tasks_per_slot: int = 4
     max_failures: int = 3
     max_load_failures: int = 2
+    task_items: int | None = None
+    adaptive: bool = True
+    speculate: bool = True
+    prefetch: bool = True
+    task_overhead: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +58,16 @@ class DispatchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"dispatch.{name} must be a positive integer, got {value!r}")
+        if self.task_items is not None and (
+            not isinstance(self.task_items, int)
+            or isinstance(self.task_items, bool)
+            or self.task_items < 1
+        ):
+            raise ConfigError(
+                f"dispatch.task_items must be a positive integer, got {self.task_items!r}"
+            )
+        if not self.task_overhead >= 0:
+            raise ConfigError(f"dispatch.task_overhead must be >= 0, got {self.task_overhead!r}")
         if self.min_task_items > self.max_task_items:
             raise ConfigError(
                 f"dispatch.min_task_items ({self.min_task_items}) is larger than "

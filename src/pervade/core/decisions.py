@@ -63,6 +63,17 @@ class RestartWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaleAdvice:
+    """How many workers the job would use well now: `workers` in all, so `change` more
+    (positive: request them) or fewer (negative: release that many idle ones). Advice only:
+    the runtime shows it or hands it to a cluster manager that scales."""
+
+    workers: int
+    change: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     """No progress is possible (the context cannot be built on any worker)."""
 
@@ -77,5 +88,6 @@ Decision = (
     | RequeueItems
     | FailItems
     | RestartWorker
+    | ScaleAdvice
     | Abort
 )

@@ -19,6 +19,9 @@ class ItemsSubmitted:
 class WorkerJoined:
     worker: str
     live_contexts: tuple[str, ...] = ()  # contexts already warm there (a driver reconnecting)
+    # The kind of device it runs on (e.g. "a100-40gb"): speed and eviction hazard are learned
+    # per class, so a worker new to the run starts from what its class has shown.
+    gpu_class: str = ""
 
 
 @dataclass(frozen=True, slots=True)
