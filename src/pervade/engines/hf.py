@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from pervade.core.items import ItemError
 from pervade.engines.device import pick_device, pick_dtype
+from pervade.engines.fast_generate import FastGenerator
 from pervade.engines.fast_load import LoadReport, load_causal_lm
 from pervade.engines.protocol import Choice, Generation
 
@@ -77,6 +78,8 @@ class HFEngine:
         self.load_report: LoadReport | None = None  # how the weights were loaded
         self.oom_splits = 0  # batches halved because the device ran out of memory
         self._pad_id = _pad_token_id(tokenizer, model)
+        # Static-cache generation with a graph-captured decode step; None: model.generate.
+        self.fast: FastGenerator | None = FastGenerator(model) if device.type == "cuda" else None
 
     @classmethod
     def load(
@@ -243,9 +246,13 @@ class HFEngine:
                 for i, text, count in zip(batch, texts, counts, strict=True)
             ]
 
-        for batch in self._batches(fits, lengths):
-            for i, outcome in zip(batch, self._split_on_oom(batch, make), strict=True):
-                results[i] = outcome
+        try:
+            for batch in self._batches(fits, lengths):
+                for i, outcome in zip(batch, self._split_on_oom(batch, make), strict=True):
+                    results[i] = outcome
+        finally:
+            if self.fast is not None:
+                self.fast.release()  # its cache lives for one call's batches only
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -258,6 +265,39 @@ class HFEngine:
         for r, prompt in enumerate(prompts):  # left padding: every prompt ends together
             ids[r, width - len(prompt) :] = torch.tensor(prompt)
             attention[r, width - len(prompt) :] = 1
+        eos = _eos_ids(self.tokenizer, self.model)
+        new = None
+        if self.fast is not None:
+            new = self.fast.generate(
+                ids.to(self.device),
+                attention.to(self.device),
+                max_new_tokens,
+                self._pad_id,
+                eos,
+                temperature,
+                top_p,
+            )
+        if new is None:
+            new = self._plain_generate(ids, attention, max_new_tokens, temperature, top_p)
+        texts, counts = [], []
+        for row in new.cpu().tolist():
+            kept = []
+            for token in row:
+                if token in eos:
+                    break
+                kept.append(token)
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+            counts.append(len(kept))
+        return texts, counts
+
+    def _plain_generate(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+    ) -> torch.Tensor:
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p}
             if temperature > 0
@@ -270,18 +310,7 @@ class HFEngine:
             pad_token_id=self._pad_id,
             **sampling,
         )
-        new = output[:, width:].cpu()
-        eos = _eos_ids(self.tokenizer, self.model)
-        texts, counts = [], []
-        for row in new.tolist():
-            kept = []
-            for token in row:
-                if token in eos:
-                    break
-                kept.append(token)
-            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
-            counts.append(len(kept))
-        return texts, counts
+        return output[:, ids.shape[1] :]  # type: ignore[no-any-return]
 
     # -- batching --------------------------------------------------------------------
 
