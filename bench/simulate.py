@@ -71,7 +71,7 @@ def main() -> None:
             job, gpus, load_churn(spec, gpus.size), args.seed, sample_seconds=600.0
         )
     scenarios["naive, same churn"] = Scenario(
-        job, gpus, churn, args.seed, reuse=False, sample_seconds=600.0
+        job, gpus, churn, args.seed, policy="naive", sample_seconds=600.0
     )
     if args.only:
         scenarios = {k: v for k, v in scenarios.items() if k.startswith(args.only)}

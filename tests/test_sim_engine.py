@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pervade.core.churn import ChurnRate
@@ -55,7 +57,8 @@ def test_static_pool_makespan_is_work_over_speed_plus_one_load() -> None:
         host_seconds=5.0, peer_bandwidth=4 * GB, origin_bandwidth=8 * GB, origin_streams=1
     )
     job = Job(items=4000, work_seconds=0.5, model_bytes=8 * GB)
-    result = simulate(Scenario(job, Pool((GpuClass("g", workers, speed),), loads)))
+    pool = Pool((GpuClass("g", workers, speed),), loads, task_overhead_seconds=0.0)
+    result = simulate(Scenario(job, pool))
     # One worker reads the origin (1 s); the others wait for it, copy from it (2 s) and
     # build (5 s): the last context is warm at 8 s.
     load = 1.0 + 2.0 + 5.0
@@ -70,7 +73,7 @@ def test_static_pool_makespan_is_work_over_speed_plus_one_load() -> None:
 def test_naive_loads_per_task_and_is_slower_than_warm_reuse() -> None:
     pool = Pool((GpuClass("g", 8),), Loads(host_seconds=5.0, origin_bandwidth=2 * GB))
     warm = simulate(Scenario(JOB, pool))
-    naive = simulate(Scenario(JOB, pool, reuse=False))
+    naive = simulate(Scenario(JOB, pool, policy="naive", batch=16))
     assert naive.completed == warm.completed == JOB.items
     assert naive.loads > 3 * warm.loads
     # Every extra build costs at least its host seconds on one of the 8 workers.
@@ -96,7 +99,12 @@ def test_series_tracks_workers_backlog_and_throughput() -> None:
     backlogs = [s.backlog for s in result.series]
     assert backlogs == sorted(backlogs, reverse=True)
     assert max(s.active_workers for s in result.series) <= MIXED.size
-    assert sum(s.throughput * 60.0 for s in result.series) <= JOB.items
+    # from time 0 to the last item, each interval's throughput adds up to the job
+    series = result.series
+    assert series[0].at == 0.0 and series[0].backlog == JOB.items
+    assert series[-1].at == result.makespan and series[-1].backlog == 0
+    done = sum(b.throughput * (b.at - a.at) for a, b in itertools.pairwise(series))
+    assert done == pytest.approx(JOB.items)
 
 
 def test_a_real_trace_drives_the_pool() -> None:

@@ -2,10 +2,14 @@
 `core.Dispatcher`: policies proven here run unchanged in the runtime."""
 
 from pervade.sim.engine import Simulation, SimulationError, simulate
-from pervade.sim.model import GpuClass, Job, Loads, Pool, Scenario
-from pervade.sim.result import Sample, SimResult, print_table, table
+from pervade.sim.model import POLICIES, GpuClass, Job, Loads, Pool, Scenario
+from pervade.sim.policy import REFERENCE_BATCH, dispatch_config
+from pervade.sim.result import Advice, Sample, SimResult, print_table, table
 
 __all__ = [
+    "POLICIES",
+    "REFERENCE_BATCH",
+    "Advice",
     "GpuClass",
     "Job",
     "Loads",
@@ -15,6 +19,7 @@ __all__ = [
     "SimResult",
     "Simulation",
     "SimulationError",
+    "dispatch_config",
     "print_table",
     "simulate",
     "table",

@@ -1,36 +1,16 @@
 """How the simulated pool grows and shrinks: evictions at a rate (each slot refilled after a
-while) or a real trace's joins and evictions, played in simulated time."""
+while), a real trace's joins and evictions played in simulated time, or a static allocation."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from random import Random
-from typing import Any
-
-import simpy
-
 from pervade.core.availability import Join
 from pervade.core.churn import ChurnRate, Eviction, EvictionKind
+from pervade.sim.base import Proc, SimBase
 
-Proc = Generator[simpy.Event, Any, None]
 
-
-class Availability:
-    """The availability processes of `Simulation`, which provides the state and `_join`,
-    `_evict` (kept apart so that the engine file holds the dispatcher's side alone)."""
-
-    env: simpy.Environment
-    rng: Random
-    slots: tuple[Any, ...]
-    free_slots: list[int]
-    done: simpy.Event
-    availability_over: bool
-
-    def _join(self, slot: int) -> None:
-        raise NotImplementedError
-
-    def _evict(self, eviction: Eviction) -> Proc:
-        raise NotImplementedError
+class Availability(SimBase):
+    """The availability processes of `Simulation`: joins and evictions, as a rate churn, a
+    trace or a static allocation make them."""
 
     # -- availability ----------------------------------------------------------------
 
@@ -68,4 +48,11 @@ class Availability:
                 self._join_free()
             else:
                 self.env.process(self._evict(action))
+        self.availability_over = True
+
+    def _static(self, gpus: int, wait: float) -> Proc:
+        """A dedicated allocation: `gpus` workers all at once after a queue wait, for good."""
+        yield self.env.timeout(wait)
+        for _ in range(gpus):
+            self._join_free()
         self.availability_over = True

@@ -1,4 +1,5 @@
-"""The simulator's inputs: a job, a pool of GPU classes, where workers come from, a seed.
+"""The simulator's inputs: one or more jobs, a pool of GPU classes, where workers come from,
+a policy, a seed.
 
 All validated on construction (`ConfigError` naming the field), so a bad scenario stops
 before any simulated second passes.
@@ -20,7 +21,8 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """`items` items of one model; each takes `work_seconds` on a GPU of speed 1.0."""
+    """`items` items of one model; each takes `work_seconds` on a GPU of speed 1.0. The
+    model's `context` names it: the jobs of one scenario each need their own."""
 
     items: int
     work_seconds: float
@@ -33,6 +35,8 @@ class Job:
         _positive("job.work_seconds", self.work_seconds)
         if self.model_bytes < 0:
             raise ConfigError(f"job.model_bytes must be >= 0, got {self.model_bytes!r}")
+        if not self.context:
+            raise ConfigError("job.context must be a non-empty name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,18 @@ class Loads:
 
 @dataclass(frozen=True, slots=True)
 class Pool:
+    """GPU classes, what builds cost, and `task_overhead_seconds`: what one task costs on a
+    worker beyond its items (dispatch, batching, writing results), so tiny tasks are dear."""
+
     classes: tuple[GpuClass, ...]
     loads: Loads = field(default_factory=Loads)
+    task_overhead_seconds: float = 0.5
 
     def __post_init__(self) -> None:
+        if not self.task_overhead_seconds >= 0:
+            raise ConfigError(
+                f"pool.task_overhead_seconds must be >= 0, got {self.task_overhead_seconds!r}"
+            )
         if self.size < 1:
             raise ConfigError("pool: at least one GPU is needed")
         names = [c.name for c in self.classes]
@@ -106,23 +118,84 @@ class Pool:
 
 Availability = ChurnRate | TraceChurn | None  # None: the whole pool, all the time
 
+POLICIES = ("pervade", "reference", "naive", "static")
+
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """One simulation. `reuse` False is the naive policy: every task builds its own
-    context from the origin and drops it after (no warm reuse, no peers, no staging).
-    `grace_seconds`: how long a graceful eviction lets the running task finish."""
+    """One simulation: `job` (one, or several models competing for GPU memory) on `pool`.
 
-    job: Job
+    policy: how the pool is used, all by the same simulator and dispatcher:
+        "pervade": the dispatch settings as given (adaptive sizing, speculation, prefetch)
+            and graceful drain: an eviction notice cuts the running task short, reports the
+            items it finished and hands back the rest.
+        "reference": pervasive context management as published (Parsl + TaskVine): warm
+            reuse and peer copies, but every task takes the user's `batch` items, no adaptive
+            sizing, speculation or prefetch, and no drain: a worker given notice goes on
+            until the grace period ends and dies with its tasks, which rerun whole.
+        "naive": reference without contexts: every task (of the user's `batch`) builds its
+            own context from the origin and drops it after (no reuse, peers or staging).
+        "static": `static_gpus` dedicated GPUs (the first of the pool's slots; None: all)
+            that arrive together after `queue_wait_seconds` and are never evicted; warm reuse.
+            The availability source is not used.
+    batch: the user's batch size: the dispatcher's `task_items` (pervade: where adaptive
+        sizing starts; reference and naive: every task). None: pervade's own sizing, and
+        `REFERENCE_BATCH` for reference and naive.
+    grace_seconds: how long a graceful eviction lets the worker go on before it dies.
+    """
+
+    job: Job | tuple[Job, ...]
     pool: Pool
     availability: Availability = None
     seed: int = 0
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
-    reuse: bool = True
+    policy: str = "pervade"
+    batch: int | None = None
+    static_gpus: int | None = None
+    queue_wait_seconds: float = 0.0
     grace_seconds: float = 30.0
     sample_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        jobs = self.jobs
+        if not jobs:
+            raise ConfigError("job: at least one job is needed")
+        names = [j.context for j in jobs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"job: each job needs its own context name, got {names}")
+        largest = max(c.memory_bytes for c in self.pool.classes if c.count)
+        for j in jobs:
+            if j.model_bytes > largest:
+                raise ConfigError(
+                    f"job {j.context!r}: its model ({j.model_bytes} bytes) fits no GPU of "
+                    f"the pool (the largest holds {largest} bytes)"
+                )
+        if self.batch is not None and (
+            not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1
+        ):
+            raise ConfigError(f"batch must be a positive integer, got {self.batch!r}")
+        if self.static_gpus is not None and not 1 <= self.static_gpus <= self.pool.size:
+            raise ConfigError(
+                f"static_gpus must be between 1 and the pool's {self.pool.size}, "
+                f"got {self.static_gpus!r}"
+            )
+        if self.queue_wait_seconds < 0:
+            raise ConfigError(f"queue_wait_seconds must be >= 0, got {self.queue_wait_seconds!r}")
         if self.grace_seconds < 0:
             raise ConfigError(f"grace_seconds must be >= 0, got {self.grace_seconds!r}")
         _positive("sample_seconds", self.sample_seconds)
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return self.job if isinstance(self.job, tuple) else (self.job,)
+
+    @property
+    def items(self) -> int:
+        return sum(j.items for j in self.jobs)
+
+    @property
+    def reuse(self) -> bool:
+        """Contexts outlive their tasks (every policy but naive)."""
+        return self.policy != "naive"
