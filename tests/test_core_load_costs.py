@@ -72,9 +72,25 @@ def test_throughput_does_not_charge_a_queued_task_its_wait() -> None:
     rates.finished("w1", "a", 0, started=10.0, now=11.0)  # handed everything back
     assert rates.rate("w1", "a") == pytest.approx(2.0)
     assert rates.combined(["w1", "w2"], "a") == pytest.approx(4.0)  # w2 counts as the mean
-    assert rates.combined(["w2"], "a") is None
+    assert rates.combined(["w2"], "a") == pytest.approx(2.0)  # w2 as the typical worker
+    assert rates.combined(["w1"], "b") is None  # nobody measured on b
     rates.forget("w1")
     assert rates.rate("w1", "a") is None
+
+
+def test_throughput_learns_per_gpu_class_and_outlives_the_workers() -> None:
+    rates = Throughput()
+    rates.joined("fast1", "h100")
+    rates.joined("slow1", "t4")
+    rates.finished("fast1", "a", 100, started=0.0, now=10.0)  # 10 items/s
+    rates.finished("slow1", "a", 10, started=0.0, now=10.0)  # 1 item/s
+    rates.forget("fast1")
+    rates.joined("fast2", "h100")  # new, unmeasured: its class's speed
+    assert rates.estimate("fast2", "a") == pytest.approx(10.0)
+    rates.joined("odd", "a10")  # a class never seen: the typical worker
+    assert rates.mean("a") is not None
+    assert rates.estimate("odd", "a") == pytest.approx(rates.mean("a"))
+    assert 1.0 < rates.estimate("odd", "a") < 10.0  # type: ignore[operator]
 
 
 def test_a_build_pays_off_only_if_work_is_left_when_it_completes() -> None:

@@ -113,3 +113,17 @@ class Ledger:
     def snapshot(self, now: float) -> Goodput:
         present = sum(now - p.joined for p in self._present.values())
         return Goodput(self._closed_seconds + present, self._useful, self._loading, self._lost)
+
+
+@dataclass(slots=True)
+class DispatchStats:
+    """What churn and the tail cost so far, as the dispatcher saw it."""
+
+    hard_evictions: int = 0  # workers gone without notice (killed, frozen, node lost)
+    graceful_evictions: int = 0  # workers that drained before leaving
+    requeued_evicted: int = 0  # item attempts lost with a worker that left without notice
+    requeued_graceful: int = 0  # items a draining worker handed back unstarted
+    restarts: int = 0  # worker processes replaced because their device became unusable
+    requeued_stopped: int = 0  # items handed back unstarted when a task's context broke
+    copies: int = 0  # speculative copies of tail tasks started
+    copies_won: int = 0  # copies that finished before their original

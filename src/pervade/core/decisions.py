@@ -31,7 +31,8 @@ class RunTask:
 
 @dataclass(frozen=True, slots=True)
 class CancelTask:
-    """Forget this task: its worker is gone or its items are back in the queue."""
+    """Forget this task: its worker is gone, its items are back in the queue, or it is the
+    slower of a task and its speculative copy (whatever it still reports is dropped)."""
 
     task: str
 

@@ -6,21 +6,15 @@ bookkeeping and returns decisions for the caller to carry out.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
+from pervade.core.accounting import DispatchStats
 from pervade.core.backlog import Backlog
 from pervade.core.config import DispatchConfig
 from pervade.core.decisions import (
-    Abort,
     CancelTask,
     Decision,
     FailItems,
-    LoadContext,
     RequeueItems,
     RestartWorker,
-    RunTask,
-    StageContext,
 )
 from pervade.core.events import (
     ContextStateChanged,
@@ -32,53 +26,37 @@ from pervade.core.events import (
     WorkerJoined,
     WorkerLeft,
 )
+from pervade.core.filling import Placement
 from pervade.core.items import ItemRef
 from pervade.core.load_costs import LoadCosts, Throughput
 from pervade.core.placement import (
-    STAGE_TIMEOUT,
     STAGED_DEFAULT,
-    Demand,
+    Task,
     WorkerState,
-    choose_build,
-    choose_stage,
 )
+from pervade.core.roster import Roster
+from pervade.core.sizing import Hazard
 from pervade.core.states import ContextState
 
 
-@dataclass(slots=True)
-class DispatchStats:
-    """What churn cost so far, as the dispatcher saw it."""
-
-    hard_evictions: int = 0  # workers gone without notice (killed, frozen, node lost)
-    graceful_evictions: int = 0  # workers that drained before leaving
-    requeued_evicted: int = 0  # item attempts lost with a worker that left without notice
-    requeued_graceful: int = 0  # items a draining worker handed back unstarted
-    restarts: int = 0  # worker processes replaced because their device became unusable
-    requeued_stopped: int = 0  # items handed back unstarted when a task's context broke
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    id: str
-    worker: str
-    context: str
-    items: tuple[ItemRef, ...]
-    started: float
-    group: bool  # an isolation task: its items run together and alone
-
-
-class Dispatcher:
+class Dispatcher(Placement):
     def __init__(self, config: DispatchConfig | None = None) -> None:
         self.config = config or DispatchConfig()
-        self._workers: dict[str, WorkerState] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._roster = Roster(self.config.max_in_flight)
+        self._tasks: dict[str, Task] = {}
+        self._twins: dict[str, str] = {}  # a task and its speculative copy, both ways
         self._backlogs: dict[str, Backlog] = {}
+        self._in_flight: dict[str, int] = {}  # items in tasks, per context
         self._failures: dict[str, int] = {}
         self._task_seq = 0
+        self._wanted: tuple[str, ...] = ()  # contexts with a backlog at the last fill
+        self._check_abort = False
+        self._stagers: set[str] = set()
         self.stats = DispatchStats()
         self.load_seconds: dict[str, list[float]] = {}
         self.costs = LoadCosts()  # load seconds by tier, from finished builds
-        self.rates = Throughput()  # items/s of warm workers, from finished tasks
+        self.rates = Throughput()  # items/s of warm workers and classes, from finished tasks
+        self.hazard = Hazard()  # hard losses per GPU class
         self.prefetches = 0  # StageContext decisions made
 
     # -- read-only views -------------------------------------------------------------
@@ -97,17 +75,15 @@ class Dispatcher:
 
     @property
     def workers(self) -> tuple[str, ...]:
-        return tuple(self._workers)
+        return self._roster.names()
 
     def live_contexts(self) -> int:
         """Contexts live across all workers (one worker with one model counts one)."""
-        return sum(
-            1 for w in self._workers.values() for state in w.contexts.values() if state.is_live
-        )
+        return sum(1 for w in self._roster for state in w.contexts.values() if state.is_live)
 
     def departure(self, worker: str) -> str:
         """How `worker` is leaving, should it leave now: restarted, drained or evicted."""
-        found = self._workers.get(worker)
+        found = self._roster.get(worker)
         if found is not None and found.restarting:
             return "restarted"
         return "drained" if found is not None and found.draining else "evicted"
@@ -123,17 +99,20 @@ class Dispatcher:
         match event:
             case ItemsSubmitted(context=context, items=items):
                 self._backlogs.setdefault(context, Backlog()).add(items)
-            case WorkerJoined(worker=worker, live_contexts=live):
-                if worker not in self._workers:
-                    self._workers[worker] = WorkerState(
-                        worker, now, contexts=dict.fromkeys(live, ContextState.WARM)
-                    )
+            case WorkerJoined(worker=worker, live_contexts=live, gpu_class=gpu_class):
+                if worker not in self._roster:
+                    state = WorkerState(worker, now, gpu_class)
+                    state.contexts = dict.fromkeys(live, ContextState.WARM)
+                    self._roster.add(state)
+                    self.rates.joined(worker, gpu_class)
+                    self.hazard.joined(gpu_class, now)
             case WorkerLeft(worker=worker):
-                decisions += self._worker_left(worker)
+                decisions += self._worker_left(worker, now)
             case WorkerDraining(worker=worker):
-                found = self._workers.get(worker)
+                found = self._roster.get(worker)
                 if found is not None:
                     found.draining = True
+                    self._roster.touch(found)
             case ContextStateChanged():
                 self._context_changed(event)
             case TaskFinished():
@@ -145,19 +124,28 @@ class Dispatcher:
 
     # -- event handlers --------------------------------------------------------------
 
-    def _worker_left(self, name: str) -> list[Decision]:
+    def _worker_left(self, name: str, now: float) -> list[Decision]:
         kind = self.departure(name)
-        worker = self._workers.pop(name, None)
+        worker = self._roster.remove(name)
         if worker is None:
             return []
         self.rates.forget(name)
+        self.hazard.left(worker.gpu_class, worker.joined, now, lost=kind == "evicted")
+        self._check_abort = True
         decisions: list[Decision] = []
         if kind == "drained":
             self.stats.graceful_evictions += 1
         elif kind == "evicted":  # a restart was counted when it was asked for
             self.stats.hard_evictions += 1
         for task_id in sorted(worker.tasks):
-            task = self._tasks.pop(task_id)
+            task = self._forget(task_id)
+            if task is None:
+                continue
+            reason = "restarted" if kind == "restarted" else "evicted"
+            decisions.append(RequeueItems(task_id, _ids(task.items), reason))
+            decisions.append(CancelTask(task_id))
+            if self._untwin(task_id):
+                continue  # its copy (or original) runs on and covers the items
             self._requeue(task.context, task.items, task.group)
             # A draining worker leaves only unstarted tasks behind: it waits for the running
             # one (within its grace period).
@@ -165,15 +153,16 @@ class Dispatcher:
                 self.stats.requeued_graceful += len(task.items)
             else:
                 self.stats.requeued_evicted += len(task.items)
-            decisions.append(CancelTask(task_id))
-            reason = "restarted" if kind == "restarted" else "evicted"
-            decisions.append(RequeueItems(task_id, _ids(task.items), reason))
         return decisions
 
     def _context_changed(self, event: ContextStateChanged) -> None:
-        worker = self._workers.get(event.worker)
+        worker = self._roster.get(event.worker)
         if worker is None:
             return
+        self._context_state(worker, event)
+        self._roster.touch(worker)
+
+    def _context_state(self, worker: WorkerState, event: ContextStateChanged) -> None:
         context, state = event.context, event.state
         staging = worker.staging == context
         if staging and state is not ContextState.FETCHING:
@@ -202,58 +191,68 @@ class Dispatcher:
             worker.staged_tiers.pop(context, None)
         if state is ContextState.FAILED:
             worker.load_failures[context] = worker.load_failures.get(context, 0) + 1
+            self._check_abort = True
         if event.load_seconds is not None and state.is_live:
             self.load_seconds.setdefault(context, []).append(event.load_seconds)
             self.costs.record(context, event.tier, event.load_seconds)
 
     def _task_finished(self, event: TaskFinished, now: float) -> list[Decision]:
-        task = self._tasks.pop(event.task, None)
+        task = self._forget(event.task)
         if task is None:
-            return []  # a late duplicate of a task already given up on
-        worker = self._workers.get(task.worker)
-        if worker is not None:
-            worker.tasks.discard(task.id)
+            return []  # a late duplicate of a task already given up on (or a copy's loser)
         ran = len(task.items) - len(event.unfinished) - len(event.failed)
         self.rates.finished(task.worker, task.context, ran, task.started, now)
         decisions: list[Decision] = []
+        worker = self._roster.get(task.worker)
         if event.restart and worker is not None and not worker.restarting:
             worker.restarting = True
+            self._roster.touch(worker)
             self.stats.restarts += 1
             decisions.append(RestartWorker(worker.name, event.error))
         handed_back, failed = set(event.unfinished), set(event.failed)
+        twin = self._untwin(task.id)
+        if twin is not None and not handed_back and not failed:
+            # The first copy to finish wins; the other's result would only be dropped.
+            self._forget(twin)
+            decisions.append(CancelTask(twin))
+            if task.copy_of is not None:
+                self.stats.copies_won += 1
         for item in task.items:
             if item.id not in handed_back and item.id not in failed:
                 self._failures.pop(item.id, None)
+        draining = worker is not None and worker.draining
         if handed_back:
             back = tuple(item for item in task.items if item.id in handed_back)
-            self._requeue(task.context, back, task.group)
-            draining = worker is not None and worker.draining
-            if draining:
-                self.stats.requeued_graceful += len(back)
-            else:
-                self.stats.requeued_stopped += len(back)
-            decisions.append(
-                RequeueItems(task.id, _ids(back), "drained" if draining else "stopped")
-            )
+            reason = "drained" if draining else "stopped"
+            decisions.append(RequeueItems(task.id, _ids(back), reason))
+            if twin is None:
+                self._requeue(task.context, back, task.group)
+                if draining:
+                    self.stats.requeued_graceful += len(back)
+                else:
+                    self.stats.requeued_stopped += len(back)
         if failed:
             faulty = tuple(item for item in task.items if item.id in failed)
-            decisions += self._isolate(task, faulty, event.error)
+            if twin is None:
+                decisions += self._isolate(task, faulty, event.error)
+            else:  # the copy runs the same items: it decides, charged if it fails too
+                decisions.append(RequeueItems(task.id, _ids(faulty), "a copy runs on"))
         return decisions
 
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
-        task = self._tasks.pop(event.task, None)
+        task = self._forget(event.task)
         if task is None:
             return []
-        worker = self._workers.get(task.worker)
-        if worker is not None:
-            worker.tasks.discard(task.id)
+        reason = "evicted" if event.evicted else f"task raised: {event.error}"
+        if self._untwin(task.id) is not None:
+            return [RequeueItems(task.id, _ids(task.items), reason)]
         if event.evicted:
             self._requeue(task.context, task.items, task.group)
             self.stats.requeued_evicted += len(task.items)
-            return [RequeueItems(task.id, _ids(task.items), "evicted")]
+            return [RequeueItems(task.id, _ids(task.items), reason)]
         return self._isolate(task, task.items, event.error)
 
-    def _isolate(self, task: _Task, items: tuple[ItemRef, ...], error: str) -> list[Decision]:
+    def _isolate(self, task: Task, items: tuple[ItemRef, ...], error: str) -> list[Decision]:
         """Items whose batch raised `error`: find the one to blame."""
         backlog = self._backlogs.setdefault(task.context, Backlog())
         reason = f"task raised: {error}"
@@ -282,96 +281,24 @@ class Dispatcher:
         else:
             backlog.add(items)
 
-    # -- placement -------------------------------------------------------------------
+    def _forget(self, task_id: str) -> Task | None:
+        """Stop tracking a task: off its worker's slots and the in-flight counts."""
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return None
+        self._in_flight[task.context] -= len(task.items)
+        worker = self._roster.get(task.worker)
+        if worker is not None:
+            worker.tasks.discard(task_id)
+            self._roster.touch(worker)
+        return task
 
-    def _fill(self, now: float) -> list[Decision]:
-        wanted = [c for c, b in self._backlogs.items() if len(b)]
-        if not wanted:
-            return []
-        decisions: list[Decision] = []
-        # Workers with a live context first, least loaded first: warm slots are used
-        # before any new context is built.
-        order = sorted(
-            self._workers.values(),
-            key=lambda w: (not any(w.is_live(c) for c in wanted), len(w.tasks), w.joined),
-        )
-        for context in wanted:
-            backlog = self._backlogs[context]
-            # One task at a time to the least loaded live worker, so that work spreads over
-            # idle warm workers before it queues behind a busy one.
-            while len(backlog):
-                ready = [
-                    w
-                    for w in order
-                    if w.is_live(context)
-                    and w.takes_work
-                    and len(w.tasks) < self.config.max_in_flight
-                ]
-                if not ready:
-                    break
-                worker = min(ready, key=lambda w: len(w.tasks))
-                decisions.append(self._start_task(worker, context, backlog, now))
-        demands = self._demands(wanted)
-        for worker in order:
-            if worker.tasks or not worker.takes_work or worker.is_building:
-                continue
-            build = choose_build(
-                worker,
-                demands,
-                self._workers,
-                self.costs,
-                self.rates,
-                self.config.max_load_failures,
-            )
-            if build is None:
-                continue
-            if worker.staging == build:
-                worker.staging = None  # the build takes over the copy the stage began
-            worker.contexts[build] = ContextState.LOADING
-            decisions.append(LoadContext(worker.name, build))
-        for context in wanted:
-            if self._workers and all(
-                w.load_failures.get(context, 0) >= self.config.max_load_failures
-                for w in self._workers.values()
-            ):
-                decisions.append(
-                    Abort(
-                        f"context {context[:12]} failed to build on every worker "
-                        f"({len(self._workers)}), {self.config.max_load_failures} times each"
-                    )
-                )
-        for worker in order:
-            if worker.staging is not None and now - worker.staging_since > STAGE_TIMEOUT:
-                worker.stage_failures.add(worker.staging)
-                worker.staging = None
-            staged = choose_stage(worker, demands, self.config.max_load_failures)
-            if staged is not None:
-                worker.staging, worker.staging_since = staged, now
-                self.prefetches += 1
-                decisions.append(StageContext(worker.name, staged))
-        return decisions
-
-    def _demands(self, wanted: list[str]) -> list[Demand]:
-        in_flight = dict.fromkeys(wanted, 0)
-        for task in self._tasks.values():
-            if task.context in in_flight:
-                in_flight[task.context] += len(task.items)
-        return [Demand(c, len(self._backlogs[c]), in_flight[c]) for c in wanted]
-
-    def _task_size(self) -> int:
-        slots = max(1, len(self._workers)) * self.config.max_in_flight
-        size = math.ceil(self.pending / (slots * self.config.tasks_per_slot))
-        return max(self.config.min_task_items, min(self.config.max_task_items, size))
-
-    def _start_task(
-        self, worker: WorkerState, context: str, backlog: Backlog, now: float
-    ) -> RunTask:
-        items, group = backlog.take(self._task_size())
-        self._task_seq += 1
-        task = _Task(f"t{self._task_seq}", worker.name, context, items, now, group)
-        self._tasks[task.id] = task
-        worker.tasks.add(task.id)
-        return RunTask(task.id, worker.name, context, _ids(items))
+    def _untwin(self, task_id: str) -> str | None:
+        """The task's speculative twin, if it is still running; the pair is unlinked."""
+        twin = self._twins.pop(task_id, None)
+        if twin is not None:
+            self._twins.pop(twin, None)
+        return twin if twin in self._tasks else None
 
 
 def _ids(items: tuple[ItemRef, ...] | list[ItemRef]) -> tuple[str, ...]:

@@ -86,14 +86,22 @@ class LoadCosts:
 
 @dataclass(slots=True)
 class Throughput:
-    """Items per second of each warm worker on each context, from its finished tasks.
+    """Items per second of each warm worker on each context, from its finished tasks, and
+    of each GPU class (which outlives its workers: a new worker of a known class starts
+    from what its class has shown).
 
     A task's work starts when it started or when the worker's previous task finished,
     whichever is later: a task queued behind another is not charged its wait.
     """
 
     _rate: dict[tuple[str, str], float] = field(default_factory=dict)
+    _class_rate: dict[tuple[str, str], float] = field(default_factory=dict)
+    _context_rate: dict[str, float] = field(default_factory=dict)
+    _classes: dict[str, str] = field(default_factory=dict)
     _last_finish: dict[str, float] = field(default_factory=dict)
+
+    def joined(self, worker: str, gpu_class: str) -> None:
+        self._classes[worker] = gpu_class
 
     def finished(self, worker: str, context: str, items: int, started: float, now: float) -> None:
         began = max(started, self._last_finish.get(worker, started))
@@ -101,24 +109,43 @@ class Throughput:
         span = now - began
         if items <= 0 or span <= 0:
             return  # nothing ran, or the clock did not move: no evidence of speed
+        rate = items / span
         key = (worker, context)
-        self._rate[key] = _smooth(self._rate.get(key), items / span)
+        self._rate[key] = _smooth(self._rate.get(key), rate)
+        ckey = (self._classes.get(worker, ""), context)
+        self._class_rate[ckey] = _smooth(self._class_rate.get(ckey), rate)
+        self._context_rate[context] = _smooth(self._context_rate.get(context), rate)
 
     def forget(self, worker: str) -> None:
         self._last_finish.pop(worker, None)
+        self._classes.pop(worker, None)
         for key in [k for k in self._rate if k[0] == worker]:
             del self._rate[key]
 
     def rate(self, worker: str, context: str) -> float | None:
         return self._rate.get((worker, context))
 
-    def combined(self, workers: list[str], context: str) -> float | None:
-        """Items/s of these workers together on `context`; a worker not measured yet counts
-        as the mean of those that are. None when none is measured: speed unknown."""
-        known = [r for w in workers if (r := self.rate(w, context)) is not None]
-        if not known:
-            return None
-        return sum(known) / len(known) * len(workers)
+    def estimate(self, worker: str, context: str) -> float | None:
+        """The worker's own items/s on `context`, else its class's, else any worker's."""
+        own = self._rate.get((worker, context))
+        if own is not None:
+            return own
+        by_class = self._class_rate.get((self._classes.get(worker, ""), context))
+        return by_class if by_class is not None else self._context_rate.get(context)
+
+    def mean(self, context: str) -> float | None:
+        """Items/s of the typical worker on `context` (any class)."""
+        return self._context_rate.get(context)
+
+    def combined(self, workers: list[str] | set[str], context: str) -> float | None:
+        """Items/s of these workers together on `context`, each as `estimate` has it. None
+        when no estimate exists at all: speed unknown."""
+        total, known = 0.0, False
+        for worker in workers:
+            rate = self.estimate(worker, context)
+            if rate is not None:
+                total, known = total + rate, True
+        return total if known else None
 
 
 def build_pays_off(load_seconds: float, remaining_items: int, warm_rate: float | None) -> bool:

@@ -7,11 +7,11 @@ live contexts, which always come first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pervade.core.cache_policy import Tier
-from pervade.core.load_costs import LoadCosts, Throughput, build_pays_off
+from pervade.core.items import ItemRef
+from pervade.core.load_costs import LoadCosts, build_pays_off
 from pervade.core.states import ContextState
 
 # The tier a staged copy is taken to be in when the worker did not say.
@@ -25,6 +25,7 @@ STAGE_TIMEOUT = 900.0
 class WorkerState:
     name: str
     joined: float
+    gpu_class: str = ""
     contexts: dict[str, ContextState] = field(default_factory=dict)
     staged_tiers: dict[str, Tier] = field(default_factory=dict)  # of contexts in STAGED
     load_failures: dict[str, int] = field(default_factory=dict)
@@ -63,12 +64,25 @@ class WorkerState:
         )
 
 
-def load_tier(worker: WorkerState, context: str, holders: Iterable[WorkerState]) -> Tier:
-    """Where `worker` would get `context` from: its own staged copy, else a peer, else the
-    origin."""
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as the dispatcher tracks it until its worker reports."""
+
+    id: str
+    worker: str
+    context: str
+    items: tuple[ItemRef, ...]
+    started: float
+    group: bool  # an isolation task: its items run together and alone
+    copy_of: str | None = None  # a speculative copy of this task
+
+
+def load_tier(worker: WorkerState, context: str, holders: set[str]) -> Tier:
+    """Where `worker` would get `context` from: its own staged copy, else a peer (one of
+    `holders`, the workers with it live or staged), else the origin."""
     if worker.contexts.get(context) is ContextState.STAGED:
         return worker.staged_tiers.get(context, STAGED_DEFAULT)
-    if any(other is not worker and other.holds(context) for other in holders):
+    if len(holders) > 1 or (holders and worker.name not in holders):
         return Tier.PEER
     return Tier.ORIGIN
 
@@ -80,14 +94,15 @@ class Demand:
     context: str
     pending: int  # items waiting for a task
     in_flight: int  # items in tasks not yet reported
+    warm_rate: float | None = None  # items/s of its warm workers together (None: unknown)
+    serving: int = 0  # workers with it live or being built
+    holders: frozenset[str] = frozenset()  # workers a peer copy could come from
 
 
 def choose_build(
     worker: WorkerState,
     demands: list[Demand],
-    workers: Mapping[str, WorkerState],
     costs: LoadCosts,
-    rates: Throughput,
     max_load_failures: int,
 ) -> str | None:
     """The context `worker` (idle) should build, or None.
@@ -103,21 +118,15 @@ def choose_build(
             continue
         if worker.load_failures.get(context, 0) >= max_load_failures:
             continue
-        seconds = costs.estimate(load_tier(worker, context, workers.values()), context)
-        warm = [w.name for w in workers.values() if w.is_live(context) and w.takes_work]
+        holders = set(demand.holders)
+        seconds = costs.estimate(load_tier(worker, context, holders), context)
         remaining = demand.pending + demand.in_flight
-        if not build_pays_off(seconds, remaining, rates.combined(warm, context)):
+        if not build_pays_off(seconds, remaining, demand.warm_rate):
             continue
-        serving = sum(
-            1
-            for w in workers.values()
-            if w.takes_work
-            and (w.is_live(context) or w.contexts.get(context, ContextState.ABSENT).is_building)
-        )
         # Seconds of build per item of backlog each of its workers would have: cheap loads of
         # contexts short of workers first. The small constant keeps a free (GPU) load
         # comparable across backlogs.
-        score = (seconds + 1e-3) * (1 + serving) / demand.pending
+        score = (seconds + 1e-3) * (1 + demand.serving) / demand.pending
         if best is None or (score, rank) < best:
             best, chosen = (score, rank), context
     return chosen

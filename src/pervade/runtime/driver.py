@@ -380,6 +380,10 @@ class Driver:
                 cancelled = self._futures.pop(task, None)
                 if cancelled is not None:
                     cancelled.cancel()
+                # A speculative copy that lost: whatever it ran is duplicate work. (Attempts
+                # the dispatcher requeued were ended with their reason just before.)
+                self.journal.end_attempts(task, "cancelled")
+                self.ledger.lost(task, self._now())
             case RequeueItems(task=task, items=ids, reason=reason):
                 self.stats.requeued += len(ids)
                 self.journal.end_attempts(task, reason, ids)

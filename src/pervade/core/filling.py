@@ -1,0 +1,267 @@
+"""The dispatcher's placement: after every event, tasks for free warm slots, builds for idle
+workers, prefetches for busy ones, and speculative copies for the tail.
+
+A mixin of `Dispatcher`, which owns the bookkeeping; kept apart so that each file holds one
+side: the event handlers there, the choices made from their state here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from pervade.core.accounting import DispatchStats
+from pervade.core.backlog import Backlog
+from pervade.core.config import DispatchConfig
+from pervade.core.decisions import Abort, Decision, LoadContext, RunTask, StageContext
+from pervade.core.items import ItemRef
+from pervade.core.load_costs import LoadCosts, Throughput
+from pervade.core.placement import (
+    STAGE_TIMEOUT,
+    Demand,
+    Task,
+    WorkerState,
+    choose_build,
+    choose_stage,
+)
+from pervade.core.roster import Roster
+from pervade.core.sizing import Hazard, SizeInputs, adaptive_size
+from pervade.core.speculation import choose_copies, expected_ends
+from pervade.core.states import ContextState
+
+
+class Placement:
+    config: DispatchConfig
+    _roster: Roster
+    _tasks: dict[str, Task]
+    _twins: dict[str, str]
+    _backlogs: dict[str, Backlog]
+    _in_flight: dict[str, int]
+    _task_seq: int
+    _wanted: tuple[str, ...]
+    _check_abort: bool
+    _stagers: set[str]  # workers with a stage outstanding
+    costs: LoadCosts
+    rates: Throughput
+    hazard: Hazard
+    prefetches: int
+    stats: DispatchStats
+
+    @property
+    def pending(self) -> int:
+        raise NotImplementedError
+
+    # -- placement -------------------------------------------------------------------
+
+    def _fill(self, now: float) -> list[Decision]:
+        wanted = tuple(c for c, b in self._backlogs.items() if len(b))
+        wanted_changed, self._wanted = wanted != self._wanted, wanted
+        decisions: list[Decision] = []
+        for context in wanted:
+            decisions += self._assign(context, now)
+        demands: list[Demand] | None = None
+        if wanted and self._roster.idle:
+            demands = self._demands(wanted)
+            decisions += self._builds(demands)
+        if wanted and self._check_abort:
+            self._check_abort = False
+            decisions += self._aborts(wanted)
+        if self.config.prefetch and wanted:
+            # A worker becomes a candidate for a stage when it changed, when the set of
+            # contexts with work changed, or when its stage timed out; the others were
+            # looked at already.
+            touched = list(self._roster) if wanted_changed else self._roster.take_touched()
+            overdue = self._stages_overdue(now)
+            touched += [w for w in overdue if w.name not in {t.name for t in touched}]
+            touched = [w for w in touched if _may_stage(w, wanted)]
+            if touched:
+                demands = demands or self._demands(wanted)
+                decisions += self._stages(touched, demands, now)
+        self._roster.touched.clear()
+        if self.config.speculate:
+            decisions += self._speculate(now)
+        return decisions
+
+    def _assign(self, context: str, now: float) -> list[Decision]:
+        """Tasks for the context's free warm slots, earliest expected completion first:
+        the fewest tasks queued, then the fastest, then the least likely to be evicted. One
+        task per worker per round, so work spreads over idle warm workers first."""
+        backlog, free = self._backlogs[context], self._roster.free_on(context)
+        decisions: list[Decision] = []
+        while len(backlog) and free:
+            for worker in sorted(
+                (w for n in free if (w := self._roster.get(n)) is not None),
+                key=lambda w: self._completion_key(w, context, now),
+            ):
+                if not len(backlog):
+                    break
+                decisions.append(self._start_task(worker, context, backlog, now))
+        return decisions
+
+    def _completion_key(
+        self, worker: WorkerState, context: str, now: float
+    ) -> tuple[int, float, float, str]:
+        rate = self.rates.estimate(worker.name, context) or 0.0
+        return (len(worker.tasks), -rate, worker.joined, worker.name)
+
+    def _builds(self, demands: list[Demand]) -> list[Decision]:
+        decisions: list[Decision] = []
+        for name in sorted(self._roster.idle):
+            worker = self._roster.get(name)
+            if worker is None:
+                continue
+            build = choose_build(worker, demands, self.costs, self.config.max_load_failures)
+            if build is None:
+                continue
+            if worker.staging == build:
+                worker.staging = None  # the build takes over the copy the stage began
+            worker.contexts[build] = ContextState.LOADING
+            self._roster.touch(worker)
+            decisions.append(LoadContext(worker.name, build))
+            demands = [
+                dataclasses.replace(d, serving=d.serving + 1) if d.context == build else d
+                for d in demands
+            ]
+        return decisions
+
+    def _aborts(self, wanted: tuple[str, ...]) -> list[Decision]:
+        limit = self.config.max_load_failures
+        return [
+            Abort(
+                f"context {context[:12]} failed to build on every worker "
+                f"({len(self._roster)}), {limit} times each"
+            )
+            for context in wanted
+            if len(self._roster)
+            and all(w.load_failures.get(context, 0) >= limit for w in self._roster)
+        ]
+
+    def _stages(
+        self, workers: list[WorkerState], demands: list[Demand], now: float
+    ) -> list[Decision]:
+        decisions: list[Decision] = []
+        for worker in workers:
+            staged = choose_stage(worker, demands, self.config.max_load_failures)
+            if staged is not None:
+                worker.staging, worker.staging_since = staged, now
+                self._stagers.add(worker.name)
+                self.prefetches += 1
+                decisions.append(StageContext(worker.name, staged))
+        return decisions
+
+    def _stages_overdue(self, now: float) -> list[WorkerState]:
+        """Workers whose stage never reported within STAGE_TIMEOUT: taken as failed (never
+        asked to stage that context again) and free to stage another."""
+        overdue = []
+        for name in sorted(self._stagers):
+            worker = self._roster.get(name)
+            if worker is None or worker.staging is None:
+                self._stagers.discard(name)
+            elif now - worker.staging_since > STAGE_TIMEOUT:
+                worker.stage_failures.add(worker.staging)
+                worker.staging = None
+                self._stagers.discard(name)
+                overdue.append(worker)
+        return overdue
+
+    def _demands(self, wanted: tuple[str, ...]) -> list[Demand]:
+        demands = []
+        for c in wanted:
+            live = self._roster.live_on(c)
+            demands.append(
+                Demand(
+                    c,
+                    len(self._backlogs[c]),
+                    self._in_flight.get(c, 0),
+                    self.rates.combined(live, c) if live else None,
+                    len(live) + len(self._roster.building(c)),
+                    frozenset(self._roster.holders(c)),
+                )
+            )
+        return demands
+
+    def _speculate(self, now: float) -> list[Decision]:
+        """Copies of tail tasks for idle warm workers of contexts whose backlog is empty."""
+        decisions: list[Decision] = []
+        for context, in_flight in self._in_flight.items():
+            if not in_flight or len(self._backlogs.get(context, ())):
+                continue
+            idle = sorted(n for n in self._roster.free_on(context) if n in self._roster.idle)
+            if not idle:
+                continue
+            tasks = [t for t in self._tasks.values() if t.context == context]
+            ends = expected_ends(tasks, self.rates, now)
+            outstanding = [t for t in tasks if not t.group and t.id not in self._twins]
+            for name, task in choose_copies(idle, outstanding, ends, self.rates, now):
+                worker = self._roster.get(name)
+                if worker is not None:
+                    decisions.append(self._start_copy(worker, task, now))
+        return decisions
+
+    # -- starting tasks --------------------------------------------------------------
+
+    def _task_size(self, worker: WorkerState, context: str, pending: int, now: float) -> int:
+        config = self.config
+        slots = max(1, len(self._roster)) * config.max_in_flight
+        share_rule = max(
+            config.min_task_items,
+            min(config.max_task_items, math.ceil(self.pending / (slots * config.tasks_per_slot))),
+        )
+        if not config.adaptive:
+            return config.task_items or share_rule
+        live = len(self._roster.live_on(context)) or 1
+        rate = self.rates.estimate(worker.name, context)
+        mean = self.rates.mean(context)
+        share = min(1.0, rate / (mean * live)) if rate and mean else 1.0 / live
+        inputs = SizeInputs(
+            pending,
+            rate,
+            share,
+            config.max_in_flight,
+            self.hazard.mean_seconds(worker.gpu_class, now),
+        )
+        return adaptive_size(
+            inputs,
+            config.task_overhead,
+            config.tasks_per_slot,
+            config.task_items or share_rule,
+            (config.min_task_items, config.max_task_items),
+        )
+
+    def _track(self, task: Task, worker: WorkerState) -> RunTask:
+        self._tasks[task.id] = task
+        self._in_flight[task.context] = self._in_flight.get(task.context, 0) + len(task.items)
+        worker.tasks.add(task.id)
+        self._roster.touch(worker)
+        return RunTask(task.id, worker.name, task.context, _ids(task.items))
+
+    def _start_task(
+        self, worker: WorkerState, context: str, backlog: Backlog, now: float
+    ) -> RunTask:
+        size = self._task_size(worker, context, len(backlog), now)
+        items, group = backlog.take(size)
+        self._task_seq += 1
+        task = Task(f"t{self._task_seq}", worker.name, context, items, now, group)
+        return self._track(task, worker)
+
+    def _start_copy(self, worker: WorkerState, original: Task, now: float) -> RunTask:
+        self._task_seq += 1
+        copy = Task(f"t{self._task_seq}", worker.name, original.context, original.items, now,
+                    False, copy_of=original.id)  # fmt: skip
+        self._twins[copy.id], self._twins[original.id] = original.id, copy.id
+        self.stats.copies += 1
+        return self._track(copy, worker)
+
+
+def _may_stage(worker: WorkerState, wanted: tuple[str, ...]) -> bool:
+    """A cheap first look: could `choose_stage` pick anything for this worker?"""
+    if not worker.takes_work or worker.staging is not None or not worker.is_occupied:
+        return False
+    return any(
+        not worker.holds(c) and not worker.contexts.get(c, ContextState.ABSENT).is_building
+        for c in wanted
+    )
+
+
+def _ids(items: tuple[ItemRef, ...]) -> tuple[str, ...]:
+    return tuple(item.id for item in items)
