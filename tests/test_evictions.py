@@ -40,7 +40,9 @@ def _worker_pids(client: Client) -> dict[str, int]:
     return client.run(os.getpid)  # type: ignore[no-any-return]
 
 
-def _run_with(client: Client, strike: object) -> tuple[dict[str, pervade.Result], RunStats]:
+def _run_with(
+    client: Client, strike: object, dispatch: DispatchConfig = SMALL_TASKS
+) -> tuple[dict[str, pervade.Result], RunStats]:
     """Run ITEMS slow items; call `strike()` once a quarter of them are done."""
     context = pervade.context(workloads.process_context, args={"tag": "evict"})
     items = [(f"e{n:03d}", {"n": n}) for n in range(ITEMS)]
@@ -54,7 +56,7 @@ def _run_with(client: Client, strike: object) -> tuple[dict[str, pervade.Result]
         context=context,
         options={"delay": 0.01},
         client=client,
-        dispatch=SMALL_TASKS,
+        dispatch=dispatch,
         observer=stats_box.append,
     ):
         seen[result.id] += 1
@@ -81,7 +83,7 @@ def test_a_worker_killed_mid_task_costs_time_not_results(client: Client) -> None
     assert stats.requeued > 0, "its unfinished items ran again elsewhere"
 
 
-def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Client) -> None:
+def _freeze_one(client: Client, dispatch: DispatchConfig) -> tuple[RunStats, float]:
     victim_pid = sorted(_worker_pids(client).values())[0]
     frozen: list[int] = []
 
@@ -91,13 +93,30 @@ def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Cl
 
     started = time.monotonic()
     try:
-        _, stats = _run_with(client, freeze)
+        _, stats = _run_with(client, freeze, dispatch)
     finally:
         for pid in frozen:  # the nanny may have killed it already once it was declared gone
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+    return stats, time.monotonic() - started
+
+
+def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Client) -> None:
+    # Without tail copies the frozen worker's tasks wait until it is declared gone.
+    no_copies = DispatchConfig(min_task_items=4, max_task_items=4, speculate=False)
+    stats, seconds = _freeze_one(client, no_copies)
     assert stats.requeued > 0
-    assert time.monotonic() - started < 120
+    assert seconds < 120
+
+
+def test_tail_copies_finish_a_frozen_workers_tasks_before_it_is_declared_gone(
+    client: Client,
+) -> None:
+    stats, seconds = _freeze_one(client, SMALL_TASKS)
+    # The healthy worker copied the frozen one's tasks once the backlog ran dry and their
+    # expected end had passed; the run did not wait for the worker TTL (4 s here).
+    assert stats.copies > 0
+    assert seconds < 4
 
 
 def test_sigterm_drains_the_worker_and_recomputes_no_finished_item(

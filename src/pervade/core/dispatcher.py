@@ -15,6 +15,7 @@ from pervade.core.decisions import (
     FailItems,
     RequeueItems,
     RestartWorker,
+    ScaleAdvice,
 )
 from pervade.core.events import (
     ContextStateChanged,
@@ -35,13 +36,21 @@ from pervade.core.placement import (
     WorkerState,
 )
 from pervade.core.roster import Roster
+from pervade.core.scaling import ScalingAdvisor, ScalingConfig
 from pervade.core.sizing import Hazard
 from pervade.core.states import ContextState
 
+# Seconds between two looks at the scaling advice: it changes on the scale of minutes.
+ADVICE_SECONDS = 30.0
+
 
 class Dispatcher(Placement):
-    def __init__(self, config: DispatchConfig | None = None) -> None:
+    def __init__(
+        self, config: DispatchConfig | None = None, scaling: ScalingConfig | None = None
+    ) -> None:
         self.config = config or DispatchConfig()
+        self.advisor = ScalingAdvisor(scaling)
+        self._next_advice = 0.0
         self._roster = Roster(self.config.max_in_flight)
         self._tasks: dict[str, Task] = {}
         self._twins: dict[str, str] = {}  # a task and its speculative copy, both ways
@@ -106,6 +115,9 @@ class Dispatcher(Placement):
                     self._roster.add(state)
                     self.rates.joined(worker, gpu_class)
                     self.hazard.joined(gpu_class, now)
+                    self.advisor.joined(worker, now)
+                    if live:
+                        self.advisor.ready(worker, now)
             case WorkerLeft(worker=worker):
                 decisions += self._worker_left(worker, now)
             case WorkerDraining(worker=worker):
@@ -115,12 +127,34 @@ class Dispatcher(Placement):
                     self._roster.touch(found)
             case ContextStateChanged():
                 self._context_changed(event)
+                if event.state.is_live:
+                    self.advisor.ready(event.worker, now)
             case TaskFinished():
                 decisions += self._task_finished(event, now)
             case TaskFailed():
                 decisions += self._task_failed(event)
         decisions += self._fill(now)
+        if now >= self._next_advice:
+            self._next_advice = now + ADVICE_SECONDS
+            advice = self._advice(now)
+            if advice is not None:
+                decisions.append(advice)
         return decisions
+
+    def _advice(self, now: float) -> ScaleAdvice | None:
+        """Workers the remaining work would use well, from its GPU-seconds at the measured
+        speeds; none until some speed is measured."""
+        items = gpu_seconds = 0.0
+        for context, backlog in self._backlogs.items():
+            remaining = len(backlog) + self._in_flight.get(context, 0)
+            rate = self.rates.mean(context)
+            if remaining and rate is None:
+                return None
+            items += remaining
+            gpu_seconds += remaining / rate if rate else 0.0
+        return self.advisor.advise(
+            now, gpu_seconds, len(self._roster), idle=len(self._roster.idle), items=int(items)
+        )
 
     # -- event handlers --------------------------------------------------------------
 
@@ -131,6 +165,7 @@ class Dispatcher(Placement):
             return []
         self.rates.forget(name)
         self.hazard.left(worker.gpu_class, worker.joined, now, lost=kind == "evicted")
+        self.advisor.left(name, now, evicted=kind != "restarted")
         self._check_abort = True
         decisions: list[Decision] = []
         if kind == "drained":

@@ -61,6 +61,16 @@ def summary_rows(
                 f"({stats.requeued_graceful} unstarted items handed back)",
             )
         )
+    if stats.copies:
+        rows.append(
+            (
+                "tail copies",
+                f"{stats.copies} speculative copies of slow tasks, {stats.copies_won} "
+                "finished first",
+            )
+        )
+    if stats.advice:
+        rows.append(("scaling advice", stats.advice))
     if stats.restarts:
         rows.append(("restarts", f"{stats.restarts} worker processes replaced (device error)"))
     if stats.oom_splits:

@@ -33,6 +33,7 @@ from pervade.core import (
     RequeueItems,
     RestartWorker,
     RunTask,
+    ScaleAdvice,
     StageContext,
     TaskFailed,
     TaskFinished,
@@ -158,12 +159,7 @@ class Driver:
 
     def _observe(self) -> None:
         self.stats.workers = len(self._workers)
-        churn = self.core.stats
-        self.stats.hard_evictions = churn.hard_evictions
-        self.stats.graceful_evictions = churn.graceful_evictions
-        self.stats.requeued_evicted = churn.requeued_evicted
-        self.stats.requeued_graceful = churn.requeued_graceful
-        self.stats.restarts = churn.restarts
+        self.stats.take_dispatch(self.core.stats)
         self.stats.goodput = self.ledger.snapshot(self._now())
         self.stats.live_contexts = sum(1 for s in self._states.values() if s.is_live)
         self.stats.sample(self._now())
@@ -393,6 +389,8 @@ class Driver:
                 )
             case RestartWorker(worker=worker, reason=reason):
                 restart_worker(self.client, worker, reason)
+            case ScaleAdvice(reason=reason):
+                self.stats.advice = reason  # shown in the summary; scaling is the user's call
             case Abort(reason=reason):
                 detail = f"; last error: {self._last_load_error}" if self._last_load_error else ""
                 raise RunAborted(reason + detail)

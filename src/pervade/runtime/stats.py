@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from pervade.core.accounting import Goodput
+from pervade.core.accounting import DispatchStats, Goodput
 
 
 @dataclass
@@ -33,8 +33,20 @@ class RunStats:
     load_tiers: Counter[str] = field(default_factory=Counter)  # context loads by artifact tier
     prefetches: int = 0  # contexts whose artifacts were asked to be staged ahead of a build
     staged: int = 0  # reports of a context staged on a node with nothing live (prefetch, demotion)
+    copies: int = 0  # speculative copies of slow tail tasks
+    copies_won: int = 0  # copies that finished before their original
+    advice: str = ""  # the dispatcher's latest scaling advice, in words
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
+
+    def take_dispatch(self, churn: DispatchStats) -> None:
+        """Copy what the dispatcher counted."""
+        self.hard_evictions = churn.hard_evictions
+        self.graceful_evictions = churn.graceful_evictions
+        self.requeued_evicted = churn.requeued_evicted
+        self.requeued_graceful = churn.requeued_graceful
+        self.restarts = churn.restarts
+        self.copies, self.copies_won = churn.copies, churn.copies_won
 
     def accounts(self) -> dict[str, float]:
         """What churn cost this run, as the journal keeps it."""
