@@ -1,0 +1,180 @@
+"""Pure tests of the throughput policies: adaptive task sizes, speed per GPU class, placement
+by expected completion, speculative tail copies and scaling advice, asserted on decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from pervade.core import (
+    CancelTask,
+    ContextState,
+    ContextStateChanged,
+    DispatchConfig,
+    Dispatcher,
+    ItemsSubmitted,
+    RunTask,
+    ScaleAdvice,
+    TaskFinished,
+    WorkerJoined,
+    WorkerLeft,
+)
+from pervade.core.sizing import Hazard, SizeInputs, adaptive_size, young_daly_seconds
+from tests.test_core_dispatcher import CTX, of, refs
+
+WORK = 0.5  # seconds per item at speed 1
+
+
+def warm(d: Dispatcher, worker: str, gpu_class: str = "", now: float = 0.0) -> list[RunTask]:
+    d.handle(WorkerJoined(worker, gpu_class=gpu_class), now)
+    return of(RunTask, d.handle(ContextStateChanged(worker, CTX, ContextState.WARM, 1.0), now))
+
+
+class Pool:
+    """Plays the workers: each runs its tasks in order at its speed (items/s)."""
+
+    def __init__(self, d: Dispatcher, speeds: dict[str, float]) -> None:
+        self.d, self.speeds = d, speeds
+        self.free_at = dict.fromkeys(speeds, 0.0)
+        self.ends: dict[str, tuple[float, RunTask]] = {}
+        self.sizes: dict[str, list[int]] = {w: [] for w in speeds}
+        self.decisions: list[object] = []
+
+    def take(self, out: list[object], now: float) -> None:
+        self.decisions += out
+        for decision in out:
+            if isinstance(decision, RunTask):
+                start = max(now, self.free_at[decision.worker])
+                end = start + len(decision.items) / self.speeds[decision.worker]
+                self.free_at[decision.worker] = end
+                self.ends[decision.task] = (end, decision)
+                self.sizes[decision.worker].append(len(decision.items))
+            elif isinstance(decision, CancelTask):
+                self.ends.pop(decision.task, None)
+
+    def run(self, until: float = 1e9) -> float:
+        now = 0.0
+        while self.ends:
+            task, (now, _) = min(self.ends.items(), key=lambda kv: (kv[1][0], kv[0]))
+            if now > until:
+                break
+            del self.ends[task]
+            self.take(list(self.d.handle(TaskFinished(task), now)), now)
+        return now
+
+
+def start(d: Dispatcher, pool: Pool, classes: dict[str, str], items: int) -> None:
+    pool.take(list(d.handle(ItemsSubmitted(CTX, refs("i", items)), 0.0)), 0.0)
+    for worker, gpu_class in classes.items():
+        pool.take(list(warm(d, worker, gpu_class)), 0.0)
+
+
+def test_faster_workers_get_larger_tasks_once_their_speed_is_known() -> None:
+    d = Dispatcher(DispatchConfig(min_task_items=1, max_task_items=100_000))
+    pool = Pool(d, {"fast": 8.0, "slow": 1.0})
+    start(d, pool, {"fast": "h100", "slow": "t4"}, 4000)
+    pool.run()
+    fast, slow = pool.sizes["fast"], pool.sizes["slow"]
+    assert sum(fast[2:6]) > 3 * sum(slow[2:6])
+    assert sum(fast) > 5 * sum(slow)  # the fast one did most of the work
+
+
+def test_the_users_batch_size_is_only_a_start() -> None:
+    def sizes(batch: int) -> tuple[list[int], float]:
+        d = Dispatcher(DispatchConfig(task_items=batch, min_task_items=1, max_task_items=10**6))
+        pool = Pool(d, {f"w{k}": 2.0 for k in range(4)})
+        start(d, pool, {f"w{k}": "a" for k in range(4)}, 4000)
+        return pool.sizes["w0"], pool.run()
+
+    tiny, tiny_end = sizes(1)
+    huge, huge_end = sizes(1000)
+    assert tiny[0] == 1 and max(tiny) > 20  # grew once the speed was measured
+    assert huge[0] < 1000  # never more than the backlog's fair share per slot
+    assert tiny_end == pytest.approx(huge_end, rel=0.1)
+
+
+def test_without_adaptive_sizing_every_task_takes_the_users_batch() -> None:
+    d = Dispatcher(DispatchConfig(task_items=7, adaptive=False, speculate=False))
+    pool = Pool(d, {"w1": 1.0, "w2": 4.0})
+    start(d, pool, {"w1": "", "w2": ""}, 70)
+    pool.run()
+    assert {n for s in pool.sizes.values() for n in s} == {7}
+
+
+def test_a_class_that_loses_workers_gets_shorter_tasks() -> None:
+    hazard = Hazard()
+    for k in range(10):
+        hazard.joined("spot", k * 600.0)
+        hazard.left("spot", k * 600.0, k * 600.0 + 600.0, lost=True)
+        hazard.joined("dedicated", 0.0)
+    risky, steady = hazard.mean_seconds("spot", 6000.0), hazard.mean_seconds("dedicated", 6000.0)
+    assert risky < 1200 < steady
+    size = {
+        name: adaptive_size(
+            SizeInputs(pending=100_000, rate=10.0, share=0.5, slots=2, mean_between_losses=m),
+            overhead=0.5,
+            tasks_per_slot=4,
+            start=16,
+            bounds=(1, 10**6),
+        )
+        for name, m in (("spot", risky), ("steady", steady))
+    }
+    assert size["spot"] == pytest.approx(young_daly_seconds(0.5, risky) * 10.0, abs=1)
+    assert size["spot"] < size["steady"] / 2
+
+
+def test_a_graceful_departure_is_no_loss_but_a_hard_one_is() -> None:
+    d = Dispatcher()
+    d.handle(WorkerJoined("a", gpu_class="spot"), 0.0)
+    d.handle(WorkerJoined("b", gpu_class="spot"), 0.0)
+    before = d.hazard.mean_seconds("spot", 100.0)
+    d.handle(WorkerLeft("a"), 100.0)  # no notice
+    assert d.hazard.losses("spot") == 1
+    assert d.hazard.mean_seconds("spot", 100.0) < before
+
+
+def test_tasks_go_to_the_fastest_free_warm_worker_first() -> None:
+    d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1, speculate=False))
+    pool = Pool(d, {"slow": 1.0, "fast": 10.0})
+    start(d, pool, {"slow": "t4", "fast": "h100"}, 40)
+    pool.run()  # both measured; the backlog is done
+    pool.sizes = {w: [] for w in pool.speeds}
+    pool.free_at = dict.fromkeys(pool.speeds, 100.0)
+    out = list(d.handle(ItemsSubmitted(CTX, refs("late", 1)), 100.0))
+    assert [t.worker for t in of(RunTask, out)] == ["fast"]
+
+
+def test_an_idle_warm_worker_copies_the_slowest_tail_task_and_the_first_result_wins() -> None:
+    d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1))
+    pool = Pool(d, {"slow": 0.2, "fast": 5.0})
+    start(d, pool, {"slow": "t4", "fast": "h100"}, 60)
+    end = pool.run()
+    copies = [t for t in of(RunTask, pool.decisions) if t.worker == "fast" and t.items in
+              {u.items for u in of(RunTask, pool.decisions) if u.worker == "slow"}]  # fmt: skip
+    assert copies, "the fast worker never copied the slow worker's task"
+    assert d.stats.copies >= 1 and d.stats.copies_won >= 1
+    assert of(CancelTask, pool.decisions), "the slower copy was not cancelled"
+    assert d.is_idle
+    # Without copies the job waits for the slow worker's last task.
+    d2 = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1, speculate=False))
+    pool2 = Pool(d2, {"slow": 0.2, "fast": 5.0})
+    start(d2, pool2, {"slow": "t4", "fast": "h100"}, 60)
+    assert end < pool2.run()
+    assert d2.stats.copies == 0
+
+
+def test_no_copy_when_it_would_not_finish_clearly_sooner() -> None:
+    d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1))
+    pool = Pool(d, {"a": 1.0, "b": 1.0})
+    start(d, pool, {"a": "x", "b": "x"}, 40)
+    pool.run()
+    assert d.stats.copies == 0  # equal workers: a copy never beats the original
+
+
+def test_the_dispatcher_advises_more_workers_for_a_large_backlog() -> None:
+    d = Dispatcher(DispatchConfig(min_task_items=1))
+    pool = Pool(d, {"w1": 1.0})
+    start(d, pool, {"w1": "a"}, 100_000)
+    pool.run(until=400.0)
+    advice = of(ScaleAdvice, pool.decisions)
+    assert advice and advice[-1].workers > 1 and advice[-1].change > 0
+    assert "backlog" in advice[-1].reason
