@@ -34,6 +34,7 @@ from pervade.core import (
 )
 from pervade.core.cache_policy import Tier
 from pervade.core.config import ConfigError
+from pervade.core.filling import START_ITEMS
 
 CTX = "ctx-a"
 OTHER = "ctx-other"
@@ -205,14 +206,29 @@ def test_task_size_is_bounded_and_shrinks_with_the_backlog() -> None:
 
 def test_task_size_scales_down_with_more_worker_slots() -> None:
     def first_size(workers: int) -> int:
-        d = Dispatcher(config(min_task_items=1, max_task_items=1000, tasks_per_slot=2))
+        d = Dispatcher(
+            DispatchConfig(max_in_flight=1, max_task_items=1000, tasks_per_slot=2, adaptive=False)
+        )
         for k in range(workers):
             join_warm(d, f"w{k}")
         out = d.handle(ItemsSubmitted(CTX, refs("i", 120)), 0.0)
         return len(of(RunTask, out)[0].items)
 
+    # The fixed rule (no adaptive sizing, no batch size given):
     assert first_size(1) == 60  # 120 items / (1 slot * 2 tasks per slot)
     assert first_size(4) == 15  # 120 items / (4 slots * 2 tasks per slot)
+
+
+def test_adaptive_sizing_starts_small_until_a_speed_is_measured() -> None:
+    def first_size(workers: int, items: int) -> int:
+        d = Dispatcher(DispatchConfig(max_in_flight=1, tasks_per_slot=2))
+        for k in range(workers):
+            join_warm(d, f"w{k}")
+        out = d.handle(ItemsSubmitted(CTX, refs("i", items)), 0.0)
+        return len(of(RunTask, out)[0].items)
+
+    assert first_size(1, 10_000) == START_ITEMS
+    assert first_size(4, 120) == 15  # never more than the fair share
 
 
 # -- ordering by cost --------------------------------------------------------------------

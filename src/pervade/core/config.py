@@ -15,7 +15,8 @@ class DispatchConfig:
 
     max_in_flight: tasks queued or running on one worker at once; 2 keeps the next batch
         ready so the device never waits for the driver.
-    min_task_items / max_task_items: bounds on the items of one task.
+    min_task_items / max_task_items: hard bounds on the items of one task (a worker's engine
+        splits a task into device batches of its own, so a large task costs no memory).
     tasks_per_slot: the dispatcher sizes tasks so that the backlog splits into about this
         many tasks per worker slot, which keeps the tail short.
     max_failures: how often one item may be in a task that raised before it is recorded as
@@ -35,8 +36,8 @@ class DispatchConfig:
     """
 
     max_in_flight: int = 2
-    min_task_items: int = 8
-    max_task_items: int = 64
+    min_task_items: int = 1
+    max_task_items: int = 10_000
     tasks_per_slot: int = 4
     max_failures: int = 3
     max_load_failures: int = 2

@@ -25,9 +25,15 @@ from pervade.core.placement import (
     choose_stage,
 )
 from pervade.core.roster import Roster
-from pervade.core.sizing import Hazard, SizeInputs, adaptive_size
+from pervade.core.sizing import Hazard, SizeInputs, adaptive_size, young_daly_seconds
 from pervade.core.speculation import choose_copies, expected_ends
 from pervade.core.states import ContextState
+
+# Items of a task before any speed is measured, unless the user gave a batch size: small
+# enough that a first task on a slow or doomed worker loses little, large enough to measure.
+START_ITEMS = 32
+# The largest task of the fixed (non-adaptive) rule without a user batch size.
+FIXED_RULE_MAX = 64
 
 
 class Placement:
@@ -101,8 +107,12 @@ class Placement:
     def _completion_key(
         self, worker: WorkerState, context: str, now: float
     ) -> tuple[int, float, float, str]:
+        """Items/s the worker is expected to deliver: its speed, less the share of a task's
+        work its class loses to evictions."""
         rate = self.rates.estimate(worker.name, context) or 0.0
-        return (len(worker.tasks), -rate, worker.joined, worker.name)
+        between = self.hazard.mean_seconds(worker.gpu_class, now)
+        at_risk = min(0.9, young_daly_seconds(self.config.task_overhead, between) / between)
+        return (len(worker.tasks), -rate * (1 - at_risk), worker.joined, worker.name)
 
     def _builds(self, demands: list[Demand]) -> list[Decision]:
         decisions: list[Decision] = []
@@ -202,30 +212,28 @@ class Placement:
 
     def _task_size(self, worker: WorkerState, context: str, pending: int, now: float) -> int:
         config = self.config
-        slots = max(1, len(self._roster)) * config.max_in_flight
-        share_rule = max(
-            config.min_task_items,
-            min(config.max_task_items, math.ceil(self.pending / (slots * config.tasks_per_slot))),
-        )
+        low, high = config.min_task_items, config.max_task_items
         if not config.adaptive:
-            return config.task_items or share_rule
+            if config.task_items is not None:
+                return config.task_items
+            # The fixed rule: the backlog split evenly over all slots, a few tasks each.
+            slots = max(1, len(self._roster)) * config.max_in_flight
+            share = math.ceil(self.pending / (slots * config.tasks_per_slot))
+            return max(low, min(high, FIXED_RULE_MAX, share))
         live = len(self._roster.live_on(context)) or 1
         rate = self.rates.estimate(worker.name, context)
         mean = self.rates.mean(context)
-        share = min(1.0, rate / (mean * live)) if rate and mean else 1.0 / live
+        share_of_speed = min(1.0, rate / (mean * live)) if rate and mean else 1.0 / live
         inputs = SizeInputs(
             pending,
             rate,
-            share,
+            share_of_speed,
             config.max_in_flight,
             self.hazard.mean_seconds(worker.gpu_class, now),
         )
+        start = config.task_items or START_ITEMS
         return adaptive_size(
-            inputs,
-            config.task_overhead,
-            config.tasks_per_slot,
-            config.task_items or share_rule,
-            (config.min_task_items, config.max_task_items),
+            inputs, config.task_overhead, config.tasks_per_slot, start, (low, high)
         )
 
     def _track(self, task: Task, worker: WorkerState) -> RunTask:
