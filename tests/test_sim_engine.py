@@ -64,7 +64,8 @@ def test_static_pool_makespan_is_work_over_speed_plus_one_load() -> None:
     load = 1.0 + 2.0 + 5.0
     ideal = job.items * job.work_seconds / (workers * speed) + load
     assert result.completed == job.items
-    assert ideal <= result.makespan <= ideal * 1.05
+    # (the origin reader is warm 2 s before the others: 2 s of its work spreads over all)
+    assert ideal - 2.0 / workers <= result.makespan <= ideal * 1.05
     assert result.loads == workers and result.items_rerun == 0
     assert result.origin_bytes == 8 * GB  # one origin reader per artifact
     assert 0.7 < result.goodput.share <= 1.0

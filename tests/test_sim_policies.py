@@ -42,35 +42,49 @@ class Recording(Dispatcher):
         return decisions
 
 
-def evict_at(sim: Simulation, at: float, kind: EvictionKind) -> None:
-    """Evict the newest worker at `at`, as the availability source would."""
+def evict_mid_task(sim: Simulation, grace: float) -> list[float]:
+    """Give the newest worker notice at the first whole second when its running task has
+    finished an item and cannot finish within `grace`; the notice time is appended to the
+    list returned."""
+    notices: list[float] = []
 
     def process() -> Generator[simpy.Event, Any, None]:
-        yield sim.env.timeout(at)
-        yield from sim._evict(Eviction(at, kind, None))
+        while True:
+            yield sim.env.timeout(1.0)
+            w = max(sim.workers.values(), key=lambda w: w.seq)
+            if w.running is None:
+                continue
+            per_item = SLOW.work_seconds / w.gpu.speed
+            started = sim.env.now - w.run_start - sim.s.pool.task_overhead_seconds
+            if started > per_item and w.run_end - sim.env.now > grace:
+                break
+        notices.append(sim.env.now)
+        yield from sim._evict(Eviction(sim.env.now, EvictionKind.GRACEFUL, None))
 
     sim.env.process(process())
+    return notices
 
 
-# Two GPUs; tasks of 10 items of 10 s: a task cannot finish within a 30 s grace period.
-SLOW = Job(items=60, work_seconds=10.0, model_bytes=GB)
+# Two GPUs, items of 20 s: a task of two items or more cannot finish within 30 s of grace.
+SLOW = Job(items=60, work_seconds=20.0, model_bytes=GB)
 TWO = Pool((GpuClass("g", 2),), Loads(host_seconds=5.0))
-NOTICE, GRACE = 60.0, 30.0
+GRACE = 30.0
 
 
-def run_with_notice(policy: str) -> tuple[Simulation, Recording, Any]:
+def run_with_notice(policy: str) -> tuple[Simulation, Recording, Any, float]:
     scenario = Scenario(SLOW, TWO, policy=policy, batch=10, grace_seconds=GRACE)
     recording = Recording(scenario)
     sim = Simulation(scenario, dispatcher=recording)
-    evict_at(sim, NOTICE, EvictionKind.GRACEFUL)
-    return sim, recording, sim.run()
+    notices = evict_mid_task(sim, GRACE)
+    result = sim.run()
+    (notice,) = notices
+    return sim, recording, result, notice
 
 
 def test_pervade_drains_reporting_the_items_it_finished() -> None:
-    sim, rec, result = run_with_notice("pervade")
+    sim, rec, result, notice = run_with_notice("pervade")
     sizes = {d.task: len(d.items) for _, d in rec.decisions if isinstance(d, RunTask)}
-    (notice,) = [t for t, e in rec.events if isinstance(e, WorkerDraining)]
-    assert notice == NOTICE
+    assert [t for t, e in rec.events if isinstance(e, WorkerDraining)] == [notice]
     partial = [
         (t, e)
         for t, e in rec.events
@@ -78,27 +92,40 @@ def test_pervade_drains_reporting_the_items_it_finished() -> None:
     ]
     # The running task reported what it finished at the end of the grace period and handed
     # back the rest; nothing it finished ran again, nothing was lost to the eviction.
-    assert [t for t, _ in partial] == [NOTICE + GRACE]
+    assert [t for t, _ in partial] == [notice + GRACE]
     assert not any(isinstance(e, TaskFailed) for _, e in rec.events)
     assert result.items_rerun == 0
     assert sim.finished_count == [1] * SLOW.items
     assert result.completed == SLOW.items
     (left,) = [t for t, e in rec.events if isinstance(e, WorkerLeft)]
-    assert left == NOTICE + GRACE
+    assert left == notice + GRACE
 
 
 def test_reference_ignores_the_notice_and_loses_the_running_task() -> None:
-    sim, rec, result = run_with_notice("reference")
+    sim, rec, result, notice = run_with_notice("reference")
     assert not any(isinstance(e, WorkerDraining) for _, e in rec.events)
     # The worker ran on until the grace period ended and died with its tasks.
     lost = [(t, e) for t, e in rec.events if isinstance(e, TaskFailed)]
-    assert lost and {t for t, _ in lost} == {NOTICE + GRACE}
+    assert lost and {t for t, _ in lost} == {notice + GRACE}
     assert all(e.evicted for _, e in lost)
-    assert result.items_rerun >= 10  # the whole running task reruns
+    assert result.items_rerun >= 10  # the whole running task (of the batch) reruns
     assert result.goodput.lost >= GRACE  # at least the grace period's work was thrown away
     assert set(sim.done_count) == {1}  # still exactly once
     drained = run_with_notice("pervade")[2]
     assert drained.goodput.lost < result.goodput.lost
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_under_graceful_churn_pervade_loses_nothing_and_reference_does(seed: int) -> None:
+    churn = ChurnRate(mean_seconds=300.0, graceful=1.0, rejoin_seconds=20.0)
+    pool = Pool((GpuClass("a", 6), GpuClass("b", 3, 2.0)))
+    job = Job(3000, 2.0, 4 * GB)
+    pervade = Simulation(Scenario(job, pool, churn, seed, batch=32)).run()
+    reference = Simulation(Scenario(job, pool, churn, seed, policy="reference", batch=32)).run()
+    assert pervade.evictions > 5 and reference.evictions > 5
+    assert pervade.items_rerun == 0
+    assert reference.items_rerun > 0
+    assert pervade.goodput.lost < reference.goodput.lost
 
 
 def test_reference_tasks_take_exactly_the_user_batch() -> None:

@@ -110,6 +110,7 @@ class Simulation(Workers, Loading, Availability):
             case LoadContext(worker=name, context=context):
                 w = self.workers.get(name)
                 if w is not None and w.alive:
+                    w.procs = [p for p in w.procs if p.is_alive]
                     w.procs.append(self.env.process(self._load(w, context)))
             case StageContext(worker=name, context=context):
                 w = self.workers.get(name)
@@ -118,6 +119,7 @@ class Simulation(Workers, Loading, Availability):
                 if not self.s.reuse:  # naive keeps no copies: refuse, once
                     self.feed(ContextStateChanged(name, context, ContextState.FAILED))
                 else:
+                    w.procs = [p for p in w.procs if p.is_alive]
                     w.procs.append(self.env.process(self._stage(w, context)))
             case RunTask(task=task, worker=name):
                 w = self.workers.get(name)
@@ -158,7 +160,7 @@ class Simulation(Workers, Loading, Availability):
             )
 
     def _sampler(self) -> Proc:
-        step, last = self.s.sample_seconds, 0
+        step, last, stalled = self.s.sample_seconds, 0, 0
         while not self.done.triggered:
             yield self.env.timeout(step)
             done = self.completed
@@ -170,6 +172,18 @@ class Simulation(Workers, Loading, Availability):
                 raise SimulationError(
                     f"the pool emptied for good at {self.env.now:.0f} s with "
                     f"{self.s.items - done} items left"
+                )
+            # Work left, workers there, and none of them doing anything, with nothing more
+            # to come from the availability source: no event will ever wake the dispatcher.
+            idle = not any(
+                w.running or w.queue or any(p.is_alive for p in w.procs)
+                for w in self.workers.values()
+            )
+            stalled = stalled + 1 if idle and self.availability_over else 0
+            if stalled >= 3:
+                raise SimulationError(
+                    f"the run stalled at {self.env.now:.0f} s: {self.s.items - done} items "
+                    f"left, {len(self.workers)} workers idle and nothing under way"
                 )
 
     # -- the run ---------------------------------------------------------------------
