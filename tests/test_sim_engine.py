@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from pervade.core.churn import ChurnRate
-from pervade.core.config import DispatchConfig
+from pervade.core.config import ConfigError, DispatchConfig
 from pervade.sim import GpuClass, Job, Loads, Pool, Scenario, SimulationError, simulate, table
 from pervade.traces import load_churn
 
@@ -144,3 +144,25 @@ def test_goodput_books_the_work_once_and_the_losses_apart() -> None:
     assert books.useful == pytest.approx(JOB.items * JOB.work_seconds / 2.0)
     assert books.lost > 0  # hard evictions cut running tasks
     assert books.useful + books.loading + books.lost <= books.worker_seconds + 1e-6
+
+
+def test_several_models_share_small_gpus_by_demoting_idle_ones() -> None:
+    jobs = (Job(1500, 0.5, 16 * GB, context="a"), Job(1500, 0.1, 8 * GB, context="b"))
+    small = Pool((GpuClass("g", 4, 1.0, 20 * GB),))
+    big = Pool((GpuClass("g", 4, 1.0, 80 * GB),))
+    tight = simulate(Scenario(jobs, small), log=True)
+    roomy = simulate(Scenario(jobs, big), log=True)
+    assert tight.completed == roomy.completed == 3000
+    assert roomy.demotions == 0
+    assert tight.demotions > 0
+    demoted = [line for line in tight.log if "STAGED" in line and "Tier.HOST" in line]
+    assert len(demoted) >= tight.demotions
+    # a model is read from the origin once: its later builds come from peers or host memory
+    assert tight.origin_bytes == roomy.origin_bytes == 24 * GB
+
+
+def test_a_model_too_big_for_every_gpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="fits no GPU"):
+        Scenario(Job(10, 1.0, 100 * GB), Pool((GpuClass("g", 2, memory_bytes=80 * GB),)))
+    with pytest.raises(ConfigError, match="own context name"):
+        Scenario((Job(10, 1.0, GB), Job(10, 1.0, GB)), MIXED)
