@@ -10,7 +10,14 @@ import pytest
 
 from pervade.core.cache_policy import Tier
 from pervade.core.config import DispatchConfig
-from pervade.core.decisions import CancelTask, Decision, LoadContext, RunTask, ScaleAdvice
+from pervade.core.decisions import (
+    CancelTask,
+    Decision,
+    LoadContext,
+    RestartWorker,
+    RunTask,
+    ScaleAdvice,
+)
 from pervade.core.dispatcher import Dispatcher
 from pervade.core.events import ContextStateChanged, Event, TaskFinished, WorkerJoined
 from pervade.core.states import ContextState
@@ -220,6 +227,25 @@ def test_a_dispatcher_that_stalls_is_an_error_not_a_hang() -> None:
 
     with pytest.raises(SimulationError, match="stalled"):
         run(Scenario(Job(5, 1.0, 0), pool, sample_seconds=10.0), script, expected=1)
+
+
+def test_a_restarted_worker_keeps_its_slot() -> None:
+    pool = Pool((GpuClass("g", 2),), QUICK, 0.0)
+
+    def script(event: Event, now: float, d: Scripted) -> list[Decision]:
+        match event:
+            case ContextStateChanged(worker="w000001", state=ContextState.WARM):
+                return [RestartWorker("w000001", "device lost")]
+            case ContextStateChanged(state=ContextState.WARM):
+                d.warm.append((event.worker, event.context))
+                if len(d.warm) == 1:
+                    return [RunTask("t1", event.worker, "model", items(0, 4))]
+        return warm_both(event, d)
+
+    sim, d = run(Scenario(Job(4, 1.0, 0), pool), script, expected=1)
+    assert d.workers_seen == ["w000001", "w000002", "w000003"]
+    assert sorted(w.slot for w in sim.workers.values()) == [0, 1]
+    assert sim.free_slots == []  # the restart took slot 0 back at once
 
 
 def test_scale_advice_is_recorded_when_it_changes() -> None:

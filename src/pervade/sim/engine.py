@@ -140,6 +140,7 @@ class Simulation(Workers, Loading, Availability):
                 w = self.workers.get(name)
                 if w is not None and w.alive:
                     self._leave(w)
+                    self.free_slots.remove(w.slot)  # the new process takes the same slot
                     self._join(w.slot)
             case ScaleAdvice(workers=workers, change=change, reason=reason):
                 # Kept when the advised size changes: the dispatcher may repeat itself on
