@@ -17,9 +17,10 @@ reference run once per user batch size, and the spread of their makespans is pri
 best and worst, and worst over best). Printed: the table, and the wall seconds each
 simulation took; `--plot`/`--html` draw the runs of the first availability.
 
-Simulator speed on a 2-core development machine (2026-11-26, the dispatcher before its
-rewrite, no churn): 100 GPUs x 1,000,000 items 18 s; 1,000 GPUs x 100,000 items 77 s;
-1,000 GPUs x 1,000,000 items 262 s (target: under 60 s), about 90% of it in the dispatcher.
+Simulator speed on a 2-core development machine (2026-11-26, with the rewritten dispatcher):
+1,000 GPUs x 1,000,000 items in 7.4 s with no churn (`--no-churn --policies pervade`) and
+in 15 s (pervade) and 14 s (reference) under a churn of `--mtbe 3600`. The earlier
+dispatcher took 262 s for the first.
 """
 
 from __future__ import annotations

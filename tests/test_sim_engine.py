@@ -166,3 +166,12 @@ def test_a_model_too_big_for_every_gpu_is_refused() -> None:
         Scenario(Job(10, 1.0, 100 * GB), Pool((GpuClass("g", 2, memory_bytes=80 * GB),)))
     with pytest.raises(ConfigError, match="own context name"):
         Scenario((Job(10, 1.0, GB), Job(10, 1.0, GB)), MIXED)
+
+
+def test_the_dispatchers_scaling_advice_is_kept_as_it_changes() -> None:
+    # Too few GPUs for the backlog: the dispatcher asks for more, and fewer as it drains.
+    churn = ChurnRate(mean_seconds=1800.0, graceful=0.5, rejoin_seconds=120.0)
+    result = simulate(Scenario(Job(30_000, 0.5, 8 * GB), Pool((GpuClass("g", 4),)), churn, 1))
+    advice = result.advice
+    assert advice and advice[0].workers > 4
+    assert all(a.at < b.at and a.workers != b.workers for a, b in itertools.pairwise(advice))
