@@ -174,6 +174,11 @@ def test_static_waits_in_the_queue_then_is_never_evicted() -> None:
     assert result.makespan > 900.0 + 2000 / 5.0
 
 
+def test_static_with_no_wait_is_there_from_the_start() -> None:
+    result = Simulation(Scenario(SLOW, TWO, policy="static", queue_wait_seconds=0.0)).run()
+    assert result.series[0].at == 0.0 and result.series[0].active_workers == 2
+
+
 def test_workers_join_with_their_gpu_class() -> None:
     scenario = Scenario(SLOW, Pool((GpuClass("a100", 2), GpuClass("h100", 1, 2.5))))
     rec = Recording(scenario)

@@ -52,7 +52,8 @@ class Availability(SimBase):
 
     def _static(self, gpus: int, wait: float) -> Proc:
         """A dedicated allocation: `gpus` workers all at once after a queue wait, for good."""
-        yield self.env.timeout(wait)
+        if wait > 0:
+            yield self.env.timeout(wait)
         for _ in range(gpus):
             self._join_free()
         self.availability_over = True

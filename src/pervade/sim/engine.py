@@ -162,6 +162,8 @@ class Simulation(Workers, Loading, Availability):
 
     def _sampler(self) -> Proc:
         step, last, stalled = self.s.sample_seconds, 0, 0
+        # Started last at time 0: the pool as it begins, static workers with no wait included.
+        self.series.append(Sample(0.0, len(self.workers), 0.0, self.s.items - self.completed))
         while not self.done.triggered:
             yield self.env.timeout(step)
             done = self.completed
@@ -213,7 +215,6 @@ class Simulation(Workers, Loading, Availability):
         elif actions:
             self.availability_over = False
             self.env.process(self._trace(actions))
-        self.series.append(Sample(0.0, len(self.workers), 0.0, self.s.items - self.completed))
         self.env.process(self._sampler())
         self.env.run(until=self.done)
         self.check_exactly_once()

@@ -39,12 +39,16 @@ def png(rows: Rows, title: str = "") -> bytes:
     """The three panels of `rows` as PNG bytes."""
     figure = _figure_class()(figsize=(9.0, 8.0), layout="constrained")
     workers, throughput, backlog = figure.subplots(3, 1, sharex=True)
-    longest = max((s.at for _, r in rows for s in r.series), default=0.0)
-    unit, scale = ("h", 3600.0) if longest > 7200.0 else ("min", 60.0)
+    # A run many times longer than the rest (naive, say) would squash them into the left
+    # edge: the axis then ends a little after the second longest, and the legend gives every
+    # run's makespan.
+    spans = sorted(r.makespan for _, r in rows)
+    shown = spans[-1] if len(spans) < 2 or spans[-1] <= 4 * spans[-2] else 1.15 * spans[-2]
+    unit, scale = ("h", 3600.0) if shown > 7200.0 else ("min", 60.0)
     for name, result in rows:
         at = [s.at / scale for s in result.series]
         line = workers.step(at, [s.active_workers for s in result.series], where="post")[0]
-        line.set_label(name)
+        line.set_label(f"{name} ({result.makespan / scale:.1f} {unit})")
         if result.advice:
             workers.step(
                 [a.at / scale for a in result.advice],
@@ -56,6 +60,12 @@ def png(rows: Rows, title: str = "") -> bytes:
             )
         throughput.plot(at, [s.throughput for s in result.series], color=line.get_color())
         backlog.plot(at, [s.backlog for s in result.series], color=line.get_color())
+    if shown < spans[-1]:
+        backlog.set_xlim(0.0, shown / scale)
+        backlog.annotate(
+            "longer runs continue off the right edge",
+            xy=(1.0, 1.0), xycoords="axes fraction", ha="right", va="bottom", fontsize="small",
+        )  # fmt: skip
     workers.set_ylabel("active workers")
     throughput.set_ylabel("items / s")
     backlog.set_ylabel("items left")
