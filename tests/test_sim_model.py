@@ -21,6 +21,16 @@ from pervade.sim import GpuClass, Job, Loads, Pool, Scenario
         (lambda: Pool((GpuClass("a", 0),)), "at least one GPU"),
         (lambda: Pool((GpuClass("a", 1), GpuClass("a", 1))), "repeat"),
         (lambda: Scenario(Job(1, 1.0, 1), Pool((GpuClass("a", 1),)), grace_seconds=-1), "grace"),
+        (lambda: Job(1, 1.0, 1, context=""), "job.context"),
+        (lambda: Pool((GpuClass("a", 1),), task_overhead_seconds=-0.1), "task_overhead"),
+        (lambda: Scenario(Job(1, 1.0, 1), Pool((GpuClass("a", 1),)), policy="lazy"), "policy"),
+        (lambda: Scenario(Job(1, 1.0, 1), Pool((GpuClass("a", 1),)), batch=0), "batch"),
+        (lambda: Scenario(Job(1, 1.0, 1), Pool((GpuClass("a", 1),)), static_gpus=2), "static_gpus"),
+        (
+            lambda: Scenario(Job(1, 1.0, 1), Pool((GpuClass("a", 1),)), queue_wait_seconds=-1),
+            "queue_wait_seconds",
+        ),
+        (lambda: Scenario((), Pool((GpuClass("a", 1),))), "at least one job"),
     ],
 )
 def test_bad_inputs_are_refused(build: object, message: str) -> None:
@@ -34,3 +44,12 @@ def test_slot_classes_interleave_the_classes() -> None:
     assert sorted(slots) == ["a", "a", "a", "a", "b", "b"]
     # the first half of the slots holds half of each class
     assert slots[:3].count("a") == 2 and slots[:3].count("b") == 1
+
+
+def test_a_scenario_of_several_jobs_counts_all_their_items() -> None:
+    jobs = (Job(10, 1.0, 1, context="a"), Job(5, 1.0, 1, context="b"))
+    scenario = Scenario(jobs, Pool((GpuClass("g", 1),)))
+    assert scenario.jobs == jobs and scenario.items == 15
+    single = Scenario(jobs[0], Pool((GpuClass("g", 1),)))
+    assert single.jobs == (jobs[0],) and single.items == 10
+    assert single.reuse and not Scenario(jobs[0], single.pool, policy="naive").reuse
