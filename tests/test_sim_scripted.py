@@ -4,11 +4,14 @@ a context demoted for another and rebuilt from host memory, scaling advice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
+import simpy
 
 from pervade.core.cache_policy import Tier
+from pervade.core.churn import Eviction, EvictionKind
 from pervade.core.config import DispatchConfig
 from pervade.core.decisions import (
     CancelTask,
@@ -19,7 +22,14 @@ from pervade.core.decisions import (
     ScaleAdvice,
 )
 from pervade.core.dispatcher import Dispatcher
-from pervade.core.events import ContextStateChanged, Event, TaskFinished, WorkerJoined
+from pervade.core.events import (
+    ContextStateChanged,
+    Event,
+    TaskFinished,
+    WorkerDraining,
+    WorkerJoined,
+    WorkerLeft,
+)
 from pervade.core.states import ContextState
 from pervade.sim import GpuClass, Job, Loads, Pool, Scenario, Simulation, SimulationError
 
@@ -227,6 +237,44 @@ def test_a_dispatcher_that_stalls_is_an_error_not_a_hang() -> None:
 
     with pytest.raises(SimulationError, match="stalled"):
         run(Scenario(Job(5, 1.0, 0), pool, sample_seconds=10.0), script, expected=1)
+
+
+def test_a_draining_worker_runs_what_fits_its_grace_and_cuts_the_rest() -> None:
+    pool = Pool((GpuClass("g", 2),), QUICK, 0.0)
+
+    def script(event: Event, now: float, d: Scripted) -> list[Decision]:
+        match event:
+            case ContextStateChanged(state=ContextState.WARM):
+                d.warm.append((event.worker, event.context))
+                if len(d.warm) == 2:
+                    return [RunTask("t1", "w000002", "model", items(0, 20))]
+            case WorkerDraining(worker="w000002"):
+                # work for the draining worker: one task fits the grace period, one does not
+                return [
+                    RunTask("t2", "w000002", "model", items(20, 25)),
+                    RunTask("t3", "w000002", "model", items(25, 100)),
+                ]
+            case TaskFinished(task="t3"):
+                return [RunTask("t4", "w000001", "model", event.unfinished)]
+        return warm_both(event, d)
+
+    scripted = Scripted(script, expected=4)
+    sim = Simulation(Scenario(Job(100, 1.0, 0), pool, grace_seconds=30.0), dispatcher=scripted)
+
+    def notice() -> Generator[simpy.Event, Any, None]:
+        yield sim.env.timeout(10.0)
+        yield from sim._evict(Eviction(10.0, EvictionKind.GRACEFUL, None))
+
+    sim.env.process(notice())
+    sim.run()
+    # t1 runs 1-21 s, t2 21-26 s, t3 from 26 s until the grace period ends at 40 s: 14 of
+    # its items done, the other 61 handed back and run on the other worker.
+    assert scripted.finished() == [(21.0, "t1"), (26.0, "t2"), (40.0, "t3"), (101.0, "t4")]
+    (cut,) = [e for _, e in scripted.events if isinstance(e, TaskFinished) and e.task == "t3"]
+    assert cut.unfinished == items(39, 100)
+    left = [t for t, e in scripted.events if isinstance(e, WorkerLeft)]
+    assert left == [40.0]
+    assert sim.finished_count == [1] * 100
 
 
 def test_a_restarted_worker_keeps_its_slot() -> None:

@@ -47,6 +47,7 @@ class Worker:
     procs: list[simpy.Process] = field(default_factory=list)
     work: simpy.Process | None = None  # the process running its tasks, one at a time
     wake: simpy.Event | None = None
+    settled: simpy.Event | None = None  # draining: set when it has nothing left to do
     alive: bool = True
     evicting: bool = False  # an eviction picked it: no other one will
     draining: bool = False  # told of its eviction, and draining (pervade)

@@ -126,9 +126,6 @@ class Simulation(Workers, Loading, Availability):
                 if w is None or not w.alive:
                     return  # its WorkerLeft is queued: the dispatcher requeues the items
                 self.ledger.started(task, name, now)
-                if w.draining:
-                    self._hand_back(decision)
-                    return
                 w.queue.append(decision)
                 if w.wake is not None and not w.wake.triggered:
                     w.wake.succeed()

@@ -64,8 +64,9 @@ class Workers(SimBase):
     def _evict(self, eviction: Eviction) -> Proc:
         """Take one live worker per the eviction. Given notice, a pervade worker drains: it
         hands back what it has not started and lets its running task go on until the grace
-        period ends, then reports the items finished and hands back the rest. A reference
-        worker ignores the notice: it runs on, taking tasks, until it is killed."""
+        period ends, then reports the items finished and hands back the rest; it leaves as
+        soon as it has nothing to do. A reference worker ignores the notice: it runs on,
+        taking tasks, until it is killed."""
         live = sorted((w for w in self.workers.values() if not w.evicting), key=lambda w: w.name)
         if not live:
             return
@@ -85,23 +86,25 @@ class Workers(SimBase):
                 self._leave(w)
             return
         w.draining = True
+        handed_back, w.queue = list(w.queue), deque()  # what it had, not what comes now
         self.feed(WorkerDraining(w.name))
-        handed_back, w.queue = list(w.queue), deque()
         for queued in handed_back:
             self._hand_back(queued)
-        task = w.running
-        if task is not None and w.run_end - self.env.now <= grace:
-            yield self.env.timeout(w.run_end - self.env.now)
-            # The worker's own timeout for this instant was scheduled first, unless a stale
-            # interrupt made it schedule another: let that one come first as well.
-            for _ in range(3):
-                if w.running is not task:
-                    break
-                yield self.env.timeout(0)
-        elif task is not None:
-            yield self.env.timeout(grace)
-            if w.running is task and w.alive:
-                self._drain_running(w, task)
+        # It leaves once it has nothing to do, or when the grace period ends, whichever is
+        # first; at the end, the running task reports what it finished. (The dispatcher
+        # gives a draining worker no new work today; if it did, the worker would run it.)
+        deadline = self.env.now + grace
+        while w.alive and (w.running is not None or w.queue):
+            w.settled = self.env.event()
+            yield w.settled | self.env.timeout(max(0.0, deadline - self.env.now))
+            if self.env.now < deadline or not w.alive:
+                continue
+            if w.running is not None:
+                self._drain_running(w, w.running)
+            handed_back, w.queue = list(w.queue), deque()
+            for queued in handed_back:
+                self._hand_back(queued)
+            break
         if w.alive:
             self._leave(w)
 
@@ -126,6 +129,8 @@ class Workers(SimBase):
         overhead = self.s.pool.task_overhead_seconds
         while w.alive:
             if not w.queue:
+                if w.settled is not None and not w.settled.triggered:
+                    w.settled.succeed()  # a draining worker with nothing left to do
                 w.wake = self.env.event()
                 with contextlib.suppress(simpy.Interrupt):  # leaving, or a late stop
                     yield w.wake
