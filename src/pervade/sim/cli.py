@@ -28,7 +28,10 @@ def add_parser(commands: Any) -> None:
     job.add_argument("--work", type=float, default=None, help="seconds per item at speed 1 (0.5)")
     job.add_argument("--model-size", default=None, help="the model's bytes (16GB)")
     job.add_argument(
-        "--models", default=None, help=f"several models sharing the pool: {MODELS_USAGE}"
+        "--models",
+        default=None,
+        metavar="SPEC",
+        help=f"several models sharing the pool: {MODELS_USAGE}",
     )
     pool = sim.add_argument_group("the pool")
     pool.add_argument("--gpus", default="g:64", help=f"GPU classes: {CLASSES_USAGE}")
@@ -48,17 +51,26 @@ def add_parser(commands: Any) -> None:
         nargs="?",
         const=",".join(POLICIES),
         default=None,
+        metavar="POLICY,...",
         help=f"run several policies on the same pool, one row each (default: {','.join(POLICIES)})",
     )
     policy.add_argument("--naive", action="store_true", help="same as --policy naive")
-    policy.add_argument("--batch", type=int, default=None, help="user batch size (items/task)")
-    policy.add_argument("--static", type=int, default=None, help="static: GPUs (all of --gpus)")
-    policy.add_argument("--queue-wait", type=float, default=None, help="static: seconds queued")
+    policy.add_argument(
+        "--batch", type=int, default=None, metavar="N", help="user batch size (items a task)"
+    )
+    policy.add_argument(
+        "--static", type=int, default=None, metavar="N", help="static: GPUs (all of --gpus)"
+    )
+    policy.add_argument(
+        "--queue-wait", type=float, default=None, metavar="S", help="static: seconds queued"
+    )
     out = sim.add_argument_group("output")
     out.add_argument("--seed", type=int, default=0)
     out.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
-    out.add_argument("--plot", type=Path, default=None, help="write the plots to PATH.png")
-    out.add_argument("--html", type=Path, default=None, help="write table and plots to PATH.html")
+    out.add_argument("--plot", type=Path, default=None, metavar="PATH.png", help="write the plots")
+    out.add_argument(
+        "--html", type=Path, default=None, metavar="PATH.html", help="write table and plots"
+    )
 
 
 def parse_classes(text: str) -> tuple[GpuClass, ...]:
