@@ -7,6 +7,7 @@ import base64
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,28 @@ def test_without_matplotlib_the_error_says_how_to_get_it(
     )
     assert "matplotlib" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_run_far_longer_than_the_rest_does_not_squash_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+
+    class Kept(Figure):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            drawn.append(self)
+
+    monkeypatch.setattr(plot, "_figure_class", lambda: Kept)
+    pool, job = Pool((GpuClass("g", 4),)), Job(400, 1.0, 10**9)
+    fast = simulate(Scenario(job, pool, sample_seconds=20.0))
+    slow = simulate(Scenario(job, pool, policy="naive", batch=1, sample_seconds=20.0))
+    assert slow.makespan > 4 * fast.makespan
+    plot.png([("pervade", fast), ("naive", slow)])
+    (figure,) = drawn
+    # the axis ends a little after pervade (in minutes); naive runs off the edge
+    assert figure.axes[-1].get_xlim()[1] == pytest.approx(1.15 * fast.makespan / 60.0)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels[1] == f"naive ({slow.makespan / 60.0:.1f} min)"
