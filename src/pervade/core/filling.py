@@ -220,10 +220,14 @@ class Placement:
             slots = max(1, len(self._roster)) * config.max_in_flight
             share = math.ceil(self.pending / (slots * config.tasks_per_slot))
             return max(low, min(high, FIXED_RULE_MAX, share))
-        live = len(self._roster.live_on(context)) or 1
+        # The workers the backlog will be shared with: warm ones and those building the
+        # context (at the start of a run most are still building; counting only the first
+        # warm one would hand it most of the job).
+        serving = len(self._roster.live_on(context)) + len(self._roster.building(context))
+        serving = max(1, serving)
         rate = self.rates.estimate(worker.name, context)
         mean = self.rates.mean(context)
-        share_of_speed = min(1.0, rate / (mean * live)) if rate and mean else 1.0 / live
+        share_of_speed = min(1.0, rate / (mean * serving)) if rate and mean else 1.0 / serving
         inputs = SizeInputs(
             pending,
             rate,
