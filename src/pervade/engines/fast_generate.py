@@ -97,11 +97,17 @@ AttentionInterface.register(ATTENTION, _attention)
 
 class StaticCache:
     """Keys and values of every layer in buffers of a fixed length; `at` says where the
-    tokens of the next forward pass go (column indices, a device tensor)."""
+    tokens of the next forward pass go (column indices, a device tensor).
+
+    In `prefill`, attention sees only the tokens of the pass itself (the prompt), so that
+    transformers builds the padding mask and, where no row is padded, SDPA runs its causal
+    flash kernel; otherwise it sees every column, masked by the caller.
+    """
 
     def __init__(self, layers: int, length: int, at: torch.Tensor) -> None:
         self.length = length
         self.at = at
+        self.prefill = False
         self.keys: list[torch.Tensor | None] = [None] * layers
         self.values: list[torch.Tensor | None] = [None] * layers
 
@@ -116,10 +122,17 @@ class StaticCache:
             self.keys[layer], self.values[layer] = keys, values
         keys.index_copy_(2, self.at, key)
         values.index_copy_(2, self.at, value)
-        return keys, values
+        return (key, value) if self.prefill else (keys, values)
 
     def get_seq_length(self, layer: int = 0) -> int:
         return 0  # positions are always passed explicitly
+
+    def get_query_offset(self, layer: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query: int | torch.Tensor, layer: int = 0) -> tuple[int, int]:
+        queries = query if isinstance(query, int) else int(query.shape[0])
+        return (queries if self.prefill else self.length), 0
 
 
 class _Decoder:
@@ -219,11 +232,18 @@ class FastGenerator:
             return None
         config = self.model.config
         previous = config._attn_implementation
-        config._attn_implementation = ATTENTION
+        args = (ids, attention, max_new_tokens, pad_id, eos_ids, temperature, top_p)
         try:
-            return self._generate(
-                ids, attention, max_new_tokens, pad_id, eos_ids, temperature, top_p
-            )
+            try:
+                return self._generate(*args)
+            except Exception as exc:
+                if _is_oom(exc) or self.graphs is False or ids.device.type != "cuda":
+                    raise
+                self._decoder = None
+                config._attn_implementation = previous
+                log.warning("fast generation: no CUDA graph (%s); decode steps run eagerly", exc)
+                self.graphs = False
+                return self._generate(*args)
         except Exception as exc:
             self._decoder = None
             if _is_oom(exc):
@@ -255,23 +275,22 @@ class FastGenerator:
         if decoder is None or (decoder.rows, decoder.length) != (rows, length):
             self._decoder = None  # free the old buffers before allocating new ones
             decoder = self._decoder = _Decoder(self.model, rows, length, device)
-        attention = attention.to(device=device, dtype=torch.bool)
+        attention = attention.to(device=device, dtype=torch.long)
         lengths = attention.sum(dim=1)
         begin = width - lengths  # first real column of each (left-padded) row
         cols = torch.arange(length, device=device)
-        queries = torch.arange(width, device=device)
-        # Prefill: causal over each row's real tokens; padding attends to itself alone (no
-        # empty softmax rows), and no query sees the cache's unwritten columns.
-        real = cols[None, None, :] >= begin[:, None, None]
-        causal = cols[None, None, :] <= queries[None, :, None]
-        itself = (cols[None, None, :] == queries[None, :, None]) & (
-            queries[None, :, None] < begin[:, None, None]
-        )
-        prefill_mask = ((real & causal) | itself)[:, None]
-        positions = (queries[None, :] - begin[:, None]).clamp(min=0)
+        # Prefill as model.generate does it (positions count real tokens; padding's are 1),
+        # writing the prompt's keys and values into the first `width` columns.
+        positions = (attention.cumsum(dim=1) - 1).masked_fill(attention == 0, 1)
         decoder.cache.at = torch.arange(width, device=device)
-        logits = decoder.forward(ids, positions, prefill_mask)
+        decoder.cache.prefill = True
+        try:
+            logits = decoder.forward(ids, positions, attention)
+        finally:
+            decoder.cache.prefill = False
         decoder.cache.at = decoder.at  # the step's own index, read by the captured graph
+        # Decode steps see every column: each row's real ones, in the mask, and the others not.
+        self.model.config._attn_implementation = ATTENTION
         decoder.mask.view(rows, length).copy_(
             (cols[None, :] >= begin[:, None]) & (cols[None, :] < width)
         )
