@@ -202,19 +202,16 @@ class HFEngine:
             position_ids=positions.to(self.device),
             logits_to_keep=torch.tensor(keep, device=self.device),
         ).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        out: list[list[float]] = []
-        for r in range(rows):
-            row = []
-            for choice, cols in zip(choices, reads, strict=True):
-                row.append(
-                    sum(
-                        logprobs[r, where[col], tok].item()
-                        for col, tok in zip(cols, choice, strict=True)
-                    )
-                )
-            out.append(row)
-        return out
+        # Each answer token's log-probability, on the device: only rows x answer tokens come
+        # back to the host, not the kept columns' logits over the whole vocabulary.
+        column = torch.tensor([where[c] for cols in reads for c in cols], device=self.device)
+        token = torch.tensor([t for choice in choices for t in choice], device=self.device)
+        picked = (
+            logits[:, column, token].float() - torch.logsumexp(logits.float(), dim=-1)[:, column]
+        )
+        sums = torch.zeros((rows, len(choices)), dtype=torch.float32, device=self.device)
+        owner = torch.tensor([k for k, c in enumerate(choices) for _ in c], device=self.device)
+        return sums.index_add_(1, owner, picked).tolist()
 
     # -- generate --------------------------------------------------------------------
 
