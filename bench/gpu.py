@@ -1,0 +1,402 @@
+"""Engine efficiency on one GPU: pervade's HF engine against plain transformers, in one run.
+
+    python bench/gpu.py [--shape 8b|1b] [--only ceilings,choose,generate,lengths] [--out FILE]
+    python bench/gpu.py --tiny        # CPU, tiny shapes: checks that every section runs
+
+A random-weight bf16 model of a real shape (Llama-3.1-8B or Llama-3.2-1B) is built on the
+device from a config in this file. Prompts are words of a word-level tokenizer (n words, n
+tokens). Sections, as markdown tables on stdout and in --out:
+- ceilings: a bf16 matrix product (TFLOP/s) and a device copy (GB/s, read plus written).
+- choose: `HFEngine.choose` against a plain forward pass of the same prompt tokens.
+- generate: greedy new tokens/s, `model.generate` against `HFEngine.generate`, with each
+  decode step against its memory floor and the card's bound on the whole run.
+- lengths: `HFEngine.choose` on fact-verification prompts of the bundled generator's length
+  spread (bench/gen_claims.py), with length-sorted batches and in arrival order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import math
+import random
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
+
+from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS  # noqa: E402
+from pervade.engines.fast_generate import FastGenerator  # noqa: E402
+from pervade.engines.hf import HFEngine  # noqa: E402
+
+
+def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
+    scaling = {"rope_type": "llama3", "factor": rope, "low_freq_factor": 1.0}
+    scaling |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": intermediate,
+        "vocab_size": 128256,
+        "tie_word_embeddings": tied,
+        "rope_theta": 500000.0,
+        "rope_scaling": scaling,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
+    }
+
+
+SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
+    "1b": llama3(2048, 16, 8192, tied=True, rope=32.0),
+    "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
+    "tiny": {
+        **llama3(64, 2, 128, tied=False, rope=8.0),
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 4096,
+        "bos_token_id": None,
+        "eos_token_id": 1,
+    },
+}
+SECTIONS = ("ceilings", "choose", "generate", "lengths")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tiny = args.tiny
+        self.device = torch.device("cpu" if args.tiny else "cuda")
+        self.dtype = torch.float32 if args.tiny else torch.bfloat16
+        self.lines: list[str] = []
+        self.ceiling_tflops = math.nan
+        self.bandwidth = math.nan  # bytes/s, read plus written
+        self.model: Any = None
+        self.words = 0
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def table(self, head: list[str], rows: list[list[str]]) -> None:
+        for row in [head, ["---"] * len(head), *rows]:
+            self.say("| " + " | ".join(row) + " |")
+        self.say()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(self, run: Callable[[], object], repeat: int = 1) -> float:
+        """Median seconds of `repeat` runs after one untimed run."""
+        run()
+        times = []
+        for _ in range(repeat):
+            self.sync()
+            started = time.perf_counter()
+            run()
+            self.sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    def build(self) -> None:
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        shape = "tiny" if self.tiny else self.args.shape
+        config = LlamaConfig(**SHAPES[shape])
+        torch.manual_seed(0)
+        started = time.perf_counter()
+        with torch.device(self.device):
+            self.model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                config, dtype=self.dtype, attn_implementation="sdpa"
+            ).eval()
+        self.sync()
+        params = sum(p.numel() for p in self.model.parameters())
+        self.words = min(32000, config.vocab_size - 2)
+        self.say(
+            f"model: Llama {shape} shape, {params / 1e9:.2f} B parameters, {self.dtype}, random"
+            f" weights, built on {self.device} in {time.perf_counter() - started:.1f} s"
+        )
+        self.say()
+
+    def engine(self, tokenizer: Any, batch_size: int, max_batch_tokens: int) -> HFEngine:
+        engine = HFEngine(self.model, tokenizer, self.device, batch_size, max_batch_tokens)
+        if engine.fast is None:  # the CPU: run the fast path anyway, so that --tiny checks it
+            engine.fast = FastGenerator(self.model)
+        return engine
+
+    def prompts(self, count: int, length: int, seed: int) -> list[str]:
+        rng = random.Random(seed)
+        return [
+            " ".join(f"w{rng.randrange(self.words)}" for _ in range(length)) for _ in range(count)
+        ]
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters of the matrix products of a prompt token (no embedding, no output)."""
+        skip = {id(self.model.get_input_embeddings()), id(self.model.get_output_embeddings())}
+        return sum(
+            p.numel()
+            for m in self.model.modules()
+            if id(m) not in skip
+            for p in m.parameters(recurse=False)
+        )
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return int(2 * c.num_hidden_layers * c.num_key_value_heads * head * self.dtype.itemsize)
+
+    # -- sections ------------------------------------------------------------------------
+
+    def ceilings(self) -> None:
+        n = 512 if self.tiny else 8192
+        a = torch.randn(n, n, device=self.device, dtype=self.dtype)
+        b = torch.randn(n, n, device=self.device, dtype=self.dtype)
+        seconds = self.timed(lambda: [a @ b for _ in range(10)], repeat=3) / 10
+        self.ceiling_tflops = 2 * n**3 / seconds / 1e12
+        size = (64 << 20) if self.tiny else (4 << 30)
+        src = torch.randn(size // 2, device=self.device, dtype=torch.bfloat16)
+        dst = torch.empty_like(src)
+        seconds = self.timed(lambda: [dst.copy_(src) for _ in range(10)], repeat=3) / 10
+        self.bandwidth = 2 * size / seconds
+        self.say("### Ceilings, measured in this run")
+        matmul = [f"{self.dtype} matmul {n}x{n}x{n}", f"{self.ceiling_tflops:.0f} TFLOP/s"]
+        copy = [f"device copy, {size / 1e9:.1f} GB", f"{self.bandwidth / 1e9:.0f} GB/s"]
+        self.table(["what", "measured (copy: bytes read + written)"], [matmul, copy])
+
+    def choose(self) -> None:
+        rows, width, batches = (8, 32, 2) if self.tiny else (64, 512, 6)
+        tokenizer = word_tokenizer([f"w{i}" for i in range(self.words)])
+        engine = self.engine(tokenizer, batch_size=rows, max_batch_tokens=rows * (width + 16))
+        prompts = self.prompts(rows * batches, width, seed=1)
+        ids = [
+            torch.tensor(tokenizer(prompts[i : i + rows])["input_ids"], device=self.device)
+            for i in range(0, len(prompts), rows)
+        ]
+        assert all(t.shape == (rows, width) for t in ids), "a prompt is not `width` tokens"
+        ones = torch.ones_like(ids[0])
+        tokens = rows * width * batches
+
+        @torch.inference_mode()
+        def plain(keep: int) -> None:
+            for batch in ids:
+                self.model(input_ids=batch, attention_mask=ones, logits_to_keep=keep)
+
+        results = [
+            ("plain forward, logits of every position", self.timed(lambda: plain(0))),
+            ("plain forward, logits of the last position", self.timed(lambda: plain(1))),
+            (
+                f"pervade HFEngine.choose ({len(LABELS)} labels)",
+                self.timed(lambda: engine.choose(prompts, list(LABELS))),
+            ),
+        ]
+        self.say(f"### choose: {batches} batches of {rows} x {width}-token prompts")
+        head = ["path", "prompt tokens/s", "x plain (all logits)", "TFLOP/s", "of ceiling"]
+        table = []
+        for name, s in results:
+            tflops = 2 * self.params * tokens / s / 1e12  # 2 x parameters x prompt tokens
+            cells = [f"{tokens / s:,.0f}", f"{results[0][1] / s:.2f}", f"{tflops:.0f}"]
+            table.append([name, *cells, f"{tflops / self.ceiling_tflops:.0%}"])
+        self.table(head, table)
+
+    def generate(self) -> None:
+        width, new = (16, 8) if self.tiny else (256, 64)
+        tokenizer = word_tokenizer([f"w{i}" for i in range(self.words)])
+        rows_list = [4, 8] if self.tiny else [64, 256]
+        table: list[list[str]] = []
+        agree: list[str] = []
+        notes: list[str] = []
+        for rows in rows_list:
+            engine = self.engine(tokenizer, batch_size=rows, max_batch_tokens=rows * (width + new))
+            prompts = self.prompts(rows, width, seed=rows)
+            speeds: dict[str, float] = {}
+            ids = torch.tensor(tokenizer(prompts)["input_ids"], device=self.device)
+            mask = torch.ones_like(ids)
+
+            @torch.inference_mode()
+            def plain(n: int, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> Any:
+                greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                return self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=n, pad_token_id=0, **greedy
+                )
+
+            def pervade(n: int, engine: HFEngine = engine, prompts: list[str] = prompts) -> Any:
+                return engine.generate(prompts, max_new_tokens=n)
+
+            paths: list[tuple[str, Callable[[int], Any]]] = [
+                ("plain model.generate", plain),
+                ("pervade HFEngine.generate", pervade),
+            ]
+            for name, run in paths:
+                whole, first, second = (
+                    self.timed(functools.partial(run, n), repeat=2) for n in (new, 1, 2)
+                )
+                step = (whole - second) / (new - 2)
+                kv = rows * (width + new / 2) * self.kv_bytes_per_token()  # the mean context
+                floor = (self.weight_bytes + kv) / self.bandwidth
+                speeds[name] = rows * new / whole
+                cells = [f"{speeds[name]:,.0f}", f"{first:.2f}", f"{(second - first) * 1e3:.0f}"]
+                cells += [f"{step * 1e3:.1f}", f"{rows / step:,.0f}", f"{floor * 1e3:.1f}"]
+                table.append([name, str(rows), *cells, f"{floor / step:.0%}"])
+            # The card's bound: prefill's matrix products at the matmul ceiling (the output
+            # layer for the last position only), then every decode step at its floor.
+            prefill = 2 * self.matmul_params * rows * width / (self.ceiling_tflops * 1e12)
+            bound = rows * new / (prefill + (new - 1) * floor)
+            ratio = speeds["pervade HFEngine.generate"] / speeds["plain model.generate"]
+            notes.append(
+                f"- batch {rows}: pervade / plain new tokens/s = {ratio:.2f}x; the card's bound"
+                f" is {bound:,.0f} new tokens/s = {bound / speeds['plain model.generate']:.2f}x"
+                f" plain (prefill alone {prefill:.2f} s at the matmul ceiling)"
+            )
+            # Greedy tokens of the same batch, plain against pervade's path, in this dtype.
+            reference = plain(new)[:, width:]
+            fast = FastGenerator(self.model).generate(ids, mask, new, 0, _eos(engine))
+            assert fast is not None, "the fast path declined"
+            same = (fast[:, : reference.shape[1]] == reference).cumprod(dim=1).sum(dim=1)
+            agree.append(f"batch {rows}: {same.float().mean() / new:.1%}")
+        self.say(f"### generate: greedy, {width}-token prompts, {new} new tokens")
+        head = "path,batch,new tokens/s,s to 1st token,2nd token ms,decode step ms,decode tokens/s"
+        head += ",step floor ms"
+        self.table([*head.split(","), "floor / step"], table)
+        for note in notes:
+            self.say(note)
+        self.say(
+            f"- greedy tokens equal to plain generate's up to a row's first difference"
+            f" ({self.dtype}, mean over rows): {'; '.join(agree)}\n"
+            "- 2nd token: time for 2 new tokens less time for 1 (pervade: graph capture"
+            f" included). Decode step: (time for {new} new tokens - time for 2) / {new - 2}."
+            " Step floor: weights plus the keys and values of the mean context, read once at"
+            " the measured copy rate (bytes read + written per second); pervade's static cache"
+            " also reads its not yet written columns, masked.\n"
+        )
+
+    def lengths(self) -> None:
+        from gen_claims import make_claim
+
+        count, rows = (64, 8) if self.tiny else (4096, 128)
+        rng = random.Random(0)
+        template = BUNDLED_TEMPLATE.read_text(encoding="utf-8")
+        texts = [template.format(**make_claim(rng, i)) for i in range(count)]
+        vocab = sorted({w for t in texts + list(LABELS) for w in words(t)})
+        tokenizer = word_tokenizer(vocab)
+        engine = self.engine(tokenizer, batch_size=rows, max_batch_tokens=rows * 512)
+        counts = engine.count_tokens(texts)
+        label_tokens = sum(engine.count_tokens(list(LABELS)))
+        q = statistics.quantiles(counts, n=20)
+        sorted_batches = engine._batches
+        arrival = arrival_batches(engine)
+        results = []
+        for name, batching in (
+            ("length-sorted (pervade)", sorted_batches),
+            ("arrival order", arrival),
+        ):
+            engine._batches = batching  # type: ignore[method-assign, assignment]
+            seconds = self.timed(lambda: engine.choose(texts, list(LABELS)))
+            padded = sum(
+                len(b) * max(counts[i] + label_tokens for i in b)
+                for b in batching(list(range(count)), [c + label_tokens for c in counts])
+            )
+            real = sum(counts) + count * label_tokens
+            cells = [f"{count / seconds:,.0f}", f"{sum(counts) / seconds:,.0f}"]
+            results.append([name, *cells, f"{padded / real - 1:.0%}"])
+        engine._batches = sorted_batches  # type: ignore[method-assign]
+        median = statistics.median(counts)
+        self.say(
+            f"### Real lengths: {count} fact-verification prompts (bench/gen_claims.py, bundled"
+            f" template), word-level tokens: min {min(counts)}, median {median:.0f},"
+            f" p95 {q[-1]:.0f}, max {max(counts)}; batches of at most {rows} rows"
+        )
+        self.table(["batching", "items/s", "prompt tokens/s", "padding computed"], results)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]+", text)
+
+
+def word_tokenizer(vocab: list[str]) -> Any:
+    """One token a word (and a run of punctuation); id 0 pads, id 1 ends."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {"<pad>": 0, "<eos>": 1} | {w: i + 2 for i, w in enumerate(vocab)}
+    raw = Tokenizer(models.WordLevel(ids, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast: Any = PreTrainedTokenizerFast
+    return fast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
+
+
+def arrival_batches(engine: HFEngine) -> Callable[[list[int], list[int]], Iterator[list[int]]]:
+    """Batches of the engine's size in arrival order (its token limit binds nowhere here)."""
+    size = engine.batch_size
+    return lambda indices, _lengths: (indices[i : i + size] for i in range(0, len(indices), size))
+
+
+def _eos(engine: HFEngine) -> set[int]:
+    from pervade.engines.hf import _eos_ids
+
+    return _eos_ids(engine.tokenizer, engine.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=["1b", "8b"], default="8b")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--tiny", action="store_true", help="CPU, tiny shapes: a smoke test")
+    parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    only = [s for s in args.only.split(",") if s]
+    if unknown := set(only) - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    bench = Bench(args)
+    import transformers
+
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "CPU"
+    bench.say(f"## bench/gpu.py: {card}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    bench.say()
+    bench.say(
+        f"`python bench/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}`; torch"
+        f" {torch.__version__}, transformers {transformers.__version__}"
+    )
+    bench.say()
+    failed = 0
+    try:
+        bench.build()
+        for section in SECTIONS:  # ceilings first: the others are measured against them
+            if section in only or (section == "ceilings" and {"choose", "generate"} & set(only)):
+                try:
+                    getattr(bench, section)()
+                except Exception:
+                    failed += 1
+                    bench.say(f"### {section}: failed\n```\n{traceback.format_exc()}```\n")
+    finally:
+        if args.out:
+            args.out.write_text("\n".join(bench.lines) + "\n", encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
