@@ -178,3 +178,24 @@ def test_the_dispatcher_advises_more_workers_for_a_large_backlog() -> None:
     advice = of(ScaleAdvice, pool.decisions)
     assert advice and advice[-1].workers > 1 and advice[-1].change > 0
     assert "backlog" in advice[-1].reason
+
+
+def test_a_draining_worker_with_time_left_gets_only_work_that_fits_it() -> None:
+    from pervade.core import WorkerDraining
+
+    def drained(grace: float | None) -> tuple[list[RunTask], float]:
+        d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1, task_overhead=1.0))
+        pool = Pool(d, {"w1": 2.0, "w2": 2.0})
+        start(d, pool, {"w1": "a", "w2": "a"}, 10_000)
+        pool.run(until=200.0)  # speeds measured; both busy
+        [(end, task)] = [(e, t) for e, t in pool.ends.values() if t.worker == "w1"]
+        d.handle(WorkerDraining("w1", grace), end - 1.0)
+        out = of(RunTask, d.handle(TaskFinished(task.task), end))
+        return out, d.rates.estimate("w1", CTX) or 0.0
+
+    assert drained(None)[0] == []
+    [task], rate = drained(21.0)
+    assert rate == pytest.approx(2.0, rel=0.2)
+    # (21 s less the 1 s passed, less 1 s overhead) at the measured speed, 0.7 of it to be safe
+    assert task.worker == "w1" and len(task.items) == int(rate * 19.0 * 0.7)
+    assert drained(2.2)[0] == []  # not even one item fits

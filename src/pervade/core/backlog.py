@@ -34,6 +34,9 @@ class Backlog:
     def add(self, items: Iterable[ItemRef]) -> None:
         items = list(items)
         if len(items) > 8:
+            # Two sorted runs: the sort merges them in linear time (requeues under churn
+            # come often, and the backlog can hold a million items).
+            items.sort(key=_cost)
             self._sorted.extend(items)
             self._sorted.sort(key=_cost)
         else:

@@ -61,6 +61,7 @@ class Dispatcher(Placement):
         self._wanted: tuple[str, ...] = ()  # contexts with a backlog at the last fill
         self._check_abort = False
         self._stagers: set[str] = set()
+        self._draining: set[str] = set()  # draining workers with time left to use
         self.stats = DispatchStats()
         self.load_seconds: dict[str, list[float]] = {}
         self.costs = LoadCosts()  # load seconds by tier, from finished builds
@@ -120,10 +121,13 @@ class Dispatcher(Placement):
                         self.advisor.ready(worker, now)
             case WorkerLeft(worker=worker):
                 decisions += self._worker_left(worker, now)
-            case WorkerDraining(worker=worker):
+            case WorkerDraining(worker=worker, grace_seconds=grace):
                 found = self._roster.get(worker)
                 if found is not None:
                     found.draining = True
+                    if grace is not None:
+                        found.deadline = now + grace
+                        self._draining.add(worker)
                     self._roster.touch(found)
             case ContextStateChanged():
                 self._context_changed(event)

@@ -35,6 +35,9 @@ class WorkerDraining:
     work, cuts its running task short and leaves. Its departure is a graceful eviction."""
 
     worker: str
+    # Seconds until it must be gone, when known: work that fits in them can still be given
+    # (a short task sized to end in time). None: it takes nothing new.
+    grace_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

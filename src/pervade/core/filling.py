@@ -34,6 +34,8 @@ from pervade.core.states import ContextState
 START_ITEMS = 32
 # The largest task of the fixed (non-adaptive) rule without a user batch size.
 FIXED_RULE_MAX = 64
+# Share of a draining worker's remaining grace a task given to it may be expected to take.
+GRACE_SAFETY = 0.7
 
 
 class Placement:
@@ -47,6 +49,7 @@ class Placement:
     _wanted: tuple[str, ...]
     _check_abort: bool
     _stagers: set[str]  # workers with a stage outstanding
+    _draining: set[str]
     costs: LoadCosts
     rates: Throughput
     hazard: Hazard
@@ -65,6 +68,8 @@ class Placement:
         decisions: list[Decision] = []
         for context in wanted:
             decisions += self._assign(context, now)
+        if self._draining:
+            decisions += self._use_grace(now)
         demands: list[Demand] | None = None
         if wanted and self._roster.idle:
             demands = self._demands(wanted)
@@ -102,6 +107,29 @@ class Placement:
                 if not len(backlog):
                     break
                 decisions.append(self._start_task(worker, context, backlog, now))
+        return decisions
+
+    def _use_grace(self, now: float) -> list[Decision]:
+        """A draining worker that said how long it has left gets one task at a time that its
+        measured speed finishes well within that time: notice is working time, not idle."""
+        decisions: list[Decision] = []
+        for name in sorted(self._draining):
+            worker = self._roster.get(name)
+            if worker is None or worker.deadline is None or worker.restarting:
+                self._draining.discard(name)
+                continue
+            if worker.tasks:
+                continue
+            left = worker.deadline - now - self.config.task_overhead
+            for context, state in sorted(worker.contexts.items()):
+                backlog = self._backlogs.get(context)
+                rate = self.rates.estimate(name, context)
+                if not state.is_live or not backlog or not rate:
+                    continue
+                fits = math.floor(rate * left * GRACE_SAFETY)
+                if fits >= 1:
+                    decisions.append(self._start_task(worker, context, backlog, now, fits))
+                    break
         return decisions
 
     def _completion_key(
@@ -248,9 +276,16 @@ class Placement:
         return RunTask(task.id, worker.name, task.context, _ids(task.items))
 
     def _start_task(
-        self, worker: WorkerState, context: str, backlog: Backlog, now: float
+        self,
+        worker: WorkerState,
+        context: str,
+        backlog: Backlog,
+        now: float,
+        at_most: int | None = None,
     ) -> RunTask:
         size = self._task_size(worker, context, len(backlog), now)
+        if at_most is not None:
+            size = min(size, at_most)
         items, group = backlog.take(size)
         self._task_seq += 1
         task = Task(f"t{self._task_seq}", worker.name, context, items, now, group)

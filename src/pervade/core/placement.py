@@ -31,6 +31,7 @@ class WorkerState:
     load_failures: dict[str, int] = field(default_factory=dict)
     tasks: set[str] = field(default_factory=set)
     draining: bool = False
+    deadline: float | None = None  # when a draining worker must be gone, if it said
     restarting: bool = False  # its process is being replaced: it takes no work meanwhile
     staging: str | None = None  # the context a prefetch is staging here, at most one
     staging_since: float = 0.0

@@ -87,12 +87,12 @@ class Workers(SimBase):
             return
         w.draining = True
         handed_back, w.queue = list(w.queue), deque()  # what it had, not what comes now
-        self.feed(WorkerDraining(w.name))
+        self.feed(WorkerDraining(w.name, grace))
         for queued in handed_back:
             self._hand_back(queued)
         # It leaves once it has nothing to do, or when the grace period ends, whichever is
-        # first; at the end, the running task reports what it finished. (The dispatcher
-        # gives a draining worker no new work today; if it did, the worker would run it.)
+        # first; at the end, the running task reports what it finished. Meanwhile the
+        # dispatcher may give it short tasks sized to end within the grace period.
         deadline = self.env.now + grace
         while w.alive and (w.running is not None or w.queue):
             w.settled = self.env.event()
