@@ -2,7 +2,7 @@
 `core.Dispatcher`: policies proven here run unchanged in the runtime."""
 
 from pervade.sim.engine import Simulation, SimulationError, simulate
-from pervade.sim.model import POLICIES, GpuClass, Job, Loads, Pool, Scenario
+from pervade.sim.model import POLICIES, GpuClass, Job, Loads, Pool, Replay, Scenario
 from pervade.sim.policy import REFERENCE_BATCH, dispatch_config
 from pervade.sim.result import Advice, Sample, SimResult, print_table, table
 
@@ -14,6 +14,7 @@ __all__ = [
     "Job",
     "Loads",
     "Pool",
+    "Replay",
     "Sample",
     "Scenario",
     "SimResult",

@@ -89,6 +89,9 @@ class SimBase:
     def _evict(self, eviction: Eviction) -> Proc:
         raise NotImplementedError
 
+    def _victim(self, eviction: Eviction) -> Worker | None:
+        raise NotImplementedError
+
     def _load(self, w: Worker, context: str) -> Proc:
         raise NotImplementedError
 

@@ -36,7 +36,7 @@ from pervade.core.states import ContextState
 from pervade.sim.availability import Availability
 from pervade.sim.base import Proc, SimulationError
 from pervade.sim.loading import Loading
-from pervade.sim.model import Scenario
+from pervade.sim.model import Replay, Scenario
 from pervade.sim.policy import dispatch_config
 from pervade.sim.result import Advice, Sample, SimResult
 from pervade.sim.workers import Workers
@@ -209,6 +209,8 @@ class Simulation(Workers, Loading, Availability):
                 self._join_free()
         if isinstance(availability, ChurnRate):
             self.env.process(self._rate_churn(availability))
+        elif isinstance(availability, Replay):
+            self.env.process(self._replay(availability))
         elif actions:
             self.availability_over = False
             self.env.process(self._trace(actions))

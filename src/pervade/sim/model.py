@@ -8,9 +8,10 @@ before any simulated second passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from random import Random
 
 from pervade.core.availability import TraceChurn
-from pervade.core.churn import ChurnRate
+from pervade.core.churn import ChurnRate, Eviction, eviction_schedule
 from pervade.core.config import ConfigError, DispatchConfig
 
 
@@ -86,17 +87,22 @@ class Loads:
 @dataclass(frozen=True, slots=True)
 class Pool:
     """GPU classes, what builds cost, and `task_overhead_seconds`: what one task costs on a
-    worker beyond its items (dispatch, batching, writing results), so tiny tasks are dear."""
+    worker beyond its items (dispatch, batching, writing results), so tiny tasks are dear.
+    `start_seconds`: how long a worker that joins after the start takes from its process
+    starting to being usable (the workers there at time 0 are up already)."""
 
     classes: tuple[GpuClass, ...]
     loads: Loads = field(default_factory=Loads)
     task_overhead_seconds: float = 0.5
+    start_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.task_overhead_seconds >= 0:
             raise ConfigError(
                 f"pool.task_overhead_seconds must be >= 0, got {self.task_overhead_seconds!r}"
             )
+        if not self.start_seconds >= 0:
+            raise ConfigError(f"pool.start_seconds must be >= 0, got {self.start_seconds!r}")
         if self.size < 1:
             raise ConfigError("pool: at least one GPU is needed")
         names = [c.name for c in self.classes]
@@ -116,7 +122,49 @@ class Pool:
         return tuple(gpu for _, _, gpu in sorted(slots, key=lambda s: (s[0], s[1])))
 
 
-Availability = ChurnRate | TraceChurn | None  # None: the whole pool, all the time
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Given evictions over a pool kept at its size, each evicted worker replaced the way the
+    local churn harness replaces it: a hard-killed worker's process is restarted at once by
+    its nanny and is usable `restart_seconds` later; a gracefully evicted one gets a new
+    worker process `rejoin_seconds` after the notice (whether or not the drained one has
+    gone yet), usable `Pool.start_seconds` after that. An eviction that finds no live worker
+    is skipped, as the harness skips it."""
+
+    evictions: tuple[Eviction, ...]
+    rejoin_seconds: float = 5.0
+    restart_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rejoin_seconds < 0 or self.restart_seconds < 0:
+            raise ConfigError(
+                f"replay: rejoin and restart seconds must be >= 0, got "
+                f"{self.rejoin_seconds!r} and {self.restart_seconds!r}"
+            )
+        times = [e.at for e in self.evictions]
+        if times != sorted(times) or any(t < 0 for t in times):
+            raise ConfigError("replay: eviction times must be >= 0 and in order")
+
+    @classmethod
+    def of_rate(
+        cls,
+        rate: ChurnRate,
+        workers: int,
+        horizon: float,
+        shift: float = 0.0,
+        restart_seconds: float = 0.0,
+    ) -> Replay:
+        """The schedule the churn harness draws for `rate` over `workers` workers
+        (`eviction_schedule` seeded with `rate.seed`), moved `shift` seconds earlier: the
+        harness's clock starts before the run's (evictions due before the run's start
+        happen at its start)."""
+        schedule = eviction_schedule(rate, workers, horizon + shift, Random(rate.seed))
+        moved = (Eviction(max(0.0, e.at - shift), e.kind, e.pick) for e in schedule)
+        return cls(tuple(moved), rate.rejoin_seconds, restart_seconds)
+
+
+# None: the whole pool, all the time
+Availability = ChurnRate | TraceChurn | Replay | None
 
 POLICIES = ("pervade", "reference", "naive", "static")
 

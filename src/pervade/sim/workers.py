@@ -61,19 +61,25 @@ class Workers(SimBase):
             self.feed(TaskFailed(task.task, "worker evicted", evicted=True))
         self.feed(WorkerLeft(w.name))
 
+    def _victim(self, eviction: Eviction) -> Worker | None:
+        """The live worker `eviction` takes (none evicted already): the newest, or its pick
+        of them by name; None if there is none."""
+        live = sorted((w for w in self.workers.values() if not w.evicting), key=lambda w: w.name)
+        if not live:
+            return None
+        if eviction.pick is None:
+            return max(live, key=lambda w: w.seq)
+        return live[int(eviction.pick * len(live))]
+
     def _evict(self, eviction: Eviction) -> Proc:
         """Take one live worker per the eviction. Given notice, a pervade worker drains: it
         hands back what it has not started and lets its running task go on until the grace
         period ends, then reports the items finished and hands back the rest; it leaves as
         soon as it has nothing to do. A reference worker ignores the notice: it runs on,
         taking tasks, until it is killed."""
-        live = sorted((w for w in self.workers.values() if not w.evicting), key=lambda w: w.name)
-        if not live:
+        w = self._victim(eviction)
+        if w is None:
             return
-        if eviction.pick is None:
-            w = max(live, key=lambda w: w.seq)
-        else:
-            w = live[int(eviction.pick * len(live))]
         w.evicting = True
         self.evictions += 1
         grace = self.s.grace_seconds
