@@ -34,6 +34,8 @@ from pervade.core.states import ContextState
 START_ITEMS = 32
 # The largest task of the fixed (non-adaptive) rule without a user batch size.
 FIXED_RULE_MAX = 64
+# Warm workers up to which their speeds are summed one by one (see `_warm_rate`).
+EXACT_WARM_RATE = 64
 # Share of a draining worker's remaining grace a task given to it may be expected to take.
 GRACE_SAFETY = 0.7
 
@@ -211,12 +213,23 @@ class Placement:
                     c,
                     len(self._backlogs[c]),
                     self._in_flight.get(c, 0),
-                    self.rates.combined(live, c) if live else None,
+                    self._warm_rate(live, c),
                     len(live) + len(self._roster.building(c)),
                     frozenset(self._roster.holders(c)),
                 )
             )
         return demands
+
+    def _warm_rate(self, live: set[str], context: str) -> float | None:
+        """Items/s of the context's warm workers together: summed worker by worker for a
+        small pool; for a large one, the typical worker's speed times their number (the
+        sum would be a scan of every warm worker after every event)."""
+        if not live:
+            return None
+        if len(live) <= EXACT_WARM_RATE:
+            return self.rates.combined(live, context)
+        mean = self.rates.mean(context)
+        return None if mean is None else mean * len(live)
 
     def _speculate(self, now: float) -> list[Decision]:
         """Copies of tail tasks for idle warm workers of contexts whose backlog is empty."""

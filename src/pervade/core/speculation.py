@@ -19,21 +19,22 @@ MIN_GAIN = 0.2
 
 
 def expected_ends(tasks: Iterable[Task], rates: Throughput, now: float) -> dict[str, float]:
-    """When each task is expected to finish: a worker runs its tasks in the order they were
-    started, each at the worker's measured speed. A task already later than expected is
-    taken to need as long again as it has run (its worker may be slow or frozen). Tasks on
-    a worker of unknown speed get no estimate."""
+    """When each task (all of one context) is expected to finish: a worker runs its tasks in
+    the order they were started, each at the worker's measured speed. A task already later
+    than expected is taken to need as long again as it has run (its worker may be slow or
+    frozen). Tasks on a worker of unknown speed get no estimate."""
     by_worker: dict[str, list[Task]] = {}
     for task in tasks:
         by_worker.setdefault(task.worker, []).append(task)
     ends: dict[str, float] = {}
     for worker, queue in by_worker.items():
-        queue.sort(key=lambda t: (t.started, t.id))
+        if len(queue) > 1:
+            queue.sort(key=lambda t: (t.started, t.id))
+        rate = rates.estimate(worker, queue[0].context)
+        if rate is None or rate <= 0:
+            continue
         free_at = None
         for task in queue:
-            rate = rates.estimate(worker, task.context)
-            if rate is None or rate <= 0:
-                break
             start = task.started if free_at is None else max(task.started, free_at)
             end = start + len(task.items) / rate
             if end < now:
