@@ -135,6 +135,25 @@ class StaticCache:
         return (queries if self.prefill else self.length), 0
 
 
+def cache_argument(model: Any) -> str:
+    """The name under which this transformers version's forward takes a cache."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def unsupported(model: Any) -> str | None:
+    """Why `StaticCache` does not fit this model's attention, or None."""
+    config = model.config
+    if getattr(config, "model_type", None) not in FAMILIES:
+        return f"model type {getattr(config, 'model_type', None)!r}"
+    if getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
+        return "layers other than full attention"
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
+        return f"attention {getattr(config, '_attn_implementation', None)!r}"
+    return None
+
+
 class _Decoder:
     """The state of one batch shape: cache, static step inputs and, on CUDA, the graph."""
 
@@ -145,9 +164,7 @@ class _Decoder:
         self.mask = torch.zeros((rows, 1, 1, length), dtype=torch.bool, device=device)
         self.at = torch.zeros(1, dtype=torch.long, device=device)
         self.cache = StaticCache(model.config.num_hidden_layers, length, self.at)
-        self.cache_arg = (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        )
+        self.cache_arg = cache_argument(model)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
@@ -192,20 +209,12 @@ class FastGenerator:
 
     def supported(self) -> str | None:
         """Why this model is left to `model.generate`, or None."""
-        config = self.model.config
-        if getattr(config, "model_type", None) not in FAMILIES:
-            return f"model type {getattr(config, 'model_type', None)!r}"
-        if getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", False):
-            return "sliding-window attention"
-        if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
-            return "layers other than full attention"
-        if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
-            return f"attention {getattr(config, '_attn_implementation', None)!r}"
+        reason = unsupported(self.model)
         generation = getattr(self.model, "generation_config", None)
         for name, neutral in NEUTRAL.items():
-            if getattr(generation, name, None) not in neutral:
-                return f"generation_config.{name}"
-        return None
+            if reason is None and getattr(generation, name, None) not in neutral:
+                reason = f"generation_config.{name}"
+        return reason
 
     def release(self) -> None:
         """Free the cache and the captured step (kept between the batches of one call)."""
@@ -237,7 +246,7 @@ class FastGenerator:
             try:
                 return self._generate(*args)
             except Exception as exc:
-                if _is_oom(exc) or self.graphs is False or ids.device.type != "cuda":
+                if is_oom(exc) or self.graphs is False or ids.device.type != "cuda":
                     raise
                 self._decoder = None
                 config._attn_implementation = previous
@@ -246,7 +255,7 @@ class FastGenerator:
                 return self._generate(*args)
         except Exception as exc:
             self._decoder = None
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise
             self._disable(f"failed ({type(exc).__name__}: {exc}); using model.generate")
             return None
@@ -337,7 +346,7 @@ def _pick(
     return torch.multinomial(scores.softmax(dim=-1), 1)[:, 0]
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc).lower()

@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from pervade.core.items import ItemError
 from pervade.engines.device import pick_device, pick_dtype
+from pervade.engines.fast_choose import TwoPassScorer
 from pervade.engines.fast_generate import FastGenerator
 from pervade.engines.fast_load import LoadReport, load_causal_lm
 from pervade.engines.protocol import Choice, Generation
@@ -80,6 +81,8 @@ class HFEngine:
         self._pad_id = _pad_token_id(tokenizer, model)
         # Static-cache generation with a graph-captured decode step; None: model.generate.
         self.fast: FastGenerator | None = FastGenerator(model) if device.type == "cuda" else None
+        cuda = device.type == "cuda"  # and choice scoring in two passes, prompts then answers
+        self.scorer: TwoPassScorer | None = TwoPassScorer(model, self._pad_id) if cuda else None
 
     @classmethod
     def load(
@@ -160,6 +163,9 @@ class HFEngine:
 
     @torch.inference_mode()
     def _score_batch(self, prompts: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        scored = self.scorer.score(prompts, choices) if self.scorer is not None else None
+        if scored is not None:
+            return scored
         # Prompts are left-padded so that they all end in the same column; the answers then
         # sit in the same columns of every row, and only those columns need logits (the
         # output projection over the vocabulary is a fifth of a small model's compute).
