@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
 from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS  # noqa: E402
+from pervade.engines.fast_choose import TwoPassScorer  # noqa: E402
 from pervade.engines.fast_generate import FastGenerator  # noqa: E402
-from pervade.engines.hf import HFEngine  # noqa: E402
+from pervade.engines.hf import HFEngine, _eos_ids  # noqa: E402
 
 
 def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
@@ -72,7 +73,7 @@ SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
         "eos_token_id": 1,
     },
 }
-SECTIONS = ("ceilings", "choose", "generate", "lengths")
+SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree")
 
 
 class Bench:
@@ -86,8 +87,6 @@ class Bench:
         self.bandwidth = math.nan  # bytes/s, read plus written
         self.model: Any = None
         self.words = 0
-
-    # -- plumbing ------------------------------------------------------------------------
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -114,30 +113,31 @@ class Bench:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
-    def build(self) -> None:
+    def build(self, shape: str, dtype: torch.dtype) -> Any:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
-        shape = "tiny" if self.tiny else self.args.shape
+        shape = "tiny" if self.tiny else shape
         config = LlamaConfig(**SHAPES[shape])
         torch.manual_seed(0)
         started = time.perf_counter()
         with torch.device(self.device):
-            self.model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-                config, dtype=self.dtype, attn_implementation="sdpa"
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                config, dtype=dtype, attn_implementation="sdpa"
             ).eval()
         self.sync()
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(p.numel() for p in model.parameters())
         self.words = min(32000, config.vocab_size - 2)
         self.say(
-            f"model: Llama {shape} shape, {params / 1e9:.2f} B parameters, {self.dtype}, random"
-            f" weights, built on {self.device} in {time.perf_counter() - started:.1f} s"
+            f"model: Llama {shape} shape, {params / 1e9:.2f} B parameters, {dtype}, random"
+            f" weights, built on {self.device} in {time.perf_counter() - started:.1f} s\n"
         )
-        self.say()
+        return model
 
     def engine(self, tokenizer: Any, batch_size: int, max_batch_tokens: int) -> HFEngine:
         engine = HFEngine(self.model, tokenizer, self.device, batch_size, max_batch_tokens)
-        if engine.fast is None:  # the CPU: run the fast path anyway, so that --tiny checks it
+        if engine.fast is None:  # the CPU: run the fast paths anyway, so that --tiny checks them
             engine.fast = FastGenerator(self.model)
+            engine.scorer = TwoPassScorer(self.model, 0)
         return engine
 
     def prompts(self, count: int, length: int, seed: int) -> list[str]:
@@ -169,8 +169,6 @@ class Bench:
         c = self.model.config
         head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         return int(2 * c.num_hidden_layers * c.num_key_value_heads * head * self.dtype.itemsize)
-
-    # -- sections ------------------------------------------------------------------------
 
     def ceilings(self) -> None:
         n = 512 if self.tiny else 8192
@@ -274,10 +272,15 @@ class Bench:
             )
             # Greedy tokens of the same batch, plain against pervade's path, in this dtype.
             reference = plain(new)[:, width:]
-            fast = FastGenerator(self.model).generate(ids, mask, new, 0, _eos(engine))
+            fast = FastGenerator(self.model).generate(
+                ids, mask, new, 0, _eos_ids(engine.tokenizer, self.model)
+            )
             assert fast is not None, "the fast path declined"
-            same = (fast[:, : reference.shape[1]] == reference).cumprod(dim=1).sum(dim=1)
-            agree.append(f"batch {rows}: {same.float().mean() / new:.1%}")
+            half = plain(new, ids[: rows // 2], mask[: rows // 2])[:, width:]  # a control
+            agree.append(
+                f"batch {rows}: {_agreement(fast, reference):.1%} (plain on half the batch"
+                f" against plain on all of it: {_agreement(half, reference[: rows // 2]):.1%})"
+            )
         self.say(f"### generate: greedy, {width}-token prompts, {new} new tokens")
         head = "path,batch,new tokens/s,s to 1st token,2nd token ms,decode step ms,decode tokens/s"
         head += ",step floor ms"
@@ -308,12 +311,9 @@ class Bench:
         label_tokens = sum(engine.count_tokens(list(LABELS)))
         q = statistics.quantiles(counts, n=20)
         sorted_batches = engine._batches
-        arrival = arrival_batches(engine)
+        ways = [("length-sorted (pervade)", sorted_batches), ("arrival order", arrivals(engine))]
         results = []
-        for name, batching in (
-            ("length-sorted (pervade)", sorted_batches),
-            ("arrival order", arrival),
-        ):
+        for name, batching in ways:
             engine._batches = batching  # type: ignore[method-assign, assignment]
             seconds = self.timed(lambda: engine.choose(texts, list(LABELS)))
             padded = sum(
@@ -332,6 +332,37 @@ class Bench:
         )
         self.table(["batching", "items/s", "prompt tokens/s", "padding computed"], results)
 
+    def agree(self) -> None:
+        """Greedy tokens, pervade's path against model.generate, in float32 at a real shape."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the first model's memory, for this one
+        model = self.build("1b", torch.float32)
+        rows, new = (6, 8) if self.tiny else (64, 32)
+        gen = torch.Generator().manual_seed(5)
+        lengths = torch.randint(1, 17 if self.tiny else 257, (rows,), generator=gen)
+        width = int(lengths.max())
+        ids = torch.randint(2, self.words, (rows, width), generator=gen)
+        mask = (torch.arange(width)[None, :] >= width - lengths[:, None]).long()
+        ids, mask = (ids * mask).to(self.device), mask.to(self.device)  # left padding, id 0
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with torch.inference_mode():
+            reference = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new, pad_token_id=0, **greedy
+            )[:, width:]
+        fast = FastGenerator(model).generate(ids, mask, new, 0, set())
+        assert fast is not None, "the fast path declined"
+        rows_equal = int((fast[:, : reference.shape[1]] == reference).all(dim=1).sum())
+        self.say(
+            f"### Greedy agreement, float32, Llama-3.2-1B shape: {rows} left-padded prompts of"
+            f" {int(lengths.min())} to {width} tokens, {new} new tokens\n"
+        )
+        cells = [f"{rows_equal} of {rows}", f"{_agreement(fast, reference):.2%}"]
+        self.table(
+            ["rows equal to model.generate's", "tokens equal up to a row's first difference"],
+            [cells],
+        )
+
 
 def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]+", text)
@@ -349,16 +380,17 @@ def word_tokenizer(vocab: list[str]) -> Any:
     return fast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
 
 
-def arrival_batches(engine: HFEngine) -> Callable[[list[int], list[int]], Iterator[list[int]]]:
+def arrivals(engine: HFEngine) -> Callable[[list[int], list[int]], Iterator[list[int]]]:
     """Batches of the engine's size in arrival order (its token limit binds nowhere here)."""
     size = engine.batch_size
     return lambda indices, _lengths: (indices[i : i + size] for i in range(0, len(indices), size))
 
 
-def _eos(engine: HFEngine) -> set[int]:
-    from pervade.engines.hf import _eos_ids
-
-    return _eos_ids(engine.tokenizer, engine.model)
+def _agreement(tokens: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean share of a row's tokens equal to the reference's up to the first difference."""
+    n = min(tokens.shape[1], reference.shape[1])
+    same = (tokens[:, :n] == reference[:, :n]).cumprod(dim=1).sum(dim=1)
+    return float(same.float().mean()) / reference.shape[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,16 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "CPU"
-    bench.say(f"## bench/gpu.py: {card}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
-    bench.say()
     bench.say(
+        f"## bench/gpu.py: {card}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n\n"
         f"`python bench/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}`; torch"
-        f" {torch.__version__}, transformers {transformers.__version__}"
+        f" {torch.__version__}, transformers {transformers.__version__}\n"
     )
-    bench.say()
     failed = 0
     try:
-        bench.build()
+        bench.model = bench.build(args.shape, bench.dtype)
         for section in SECTIONS:  # ceilings first: the others are measured against them
             if section in only or (section == "ceilings" and {"choose", "generate"} & set(only)):
                 try:
