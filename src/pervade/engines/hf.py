@@ -3,7 +3,9 @@
 `choose` scores every answer in ONE forward pass per batch: each row holds the prompt
 followed by all the candidate answers, and a 4-D attention mask lets each answer see the
 prompt and its own earlier tokens only (position ids restart after the prompt for every
-answer). Compute is prompt + answers, not prompt × answers.
+answer). Compute is prompt + answers, not prompt × answers. On CUDA, `fast_choose` scores
+the same in two passes (prompts, then answers against their cached keys) and `fast_generate`
+generates with a static cache and a graph-captured decode step; each falls back to the above.
 """
 
 from __future__ import annotations
