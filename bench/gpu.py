@@ -44,34 +44,18 @@ from pervade.engines.hf import HFEngine, _eos_ids  # noqa: E402
 def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
     scaling = {"rope_type": "llama3", "factor": rope, "low_freq_factor": 1.0}
     scaling |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    return {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": intermediate,
-        "vocab_size": 128256,
-        "tie_word_embeddings": tied,
-        "rope_theta": 500000.0,
-        "rope_scaling": scaling,
-        "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 131072,
-        "bos_token_id": 128000,
-        "eos_token_id": [128001, 128008, 128009],
-    }
+    size = {"hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": intermediate}
+    heads = {"num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}
+    ropes = {"rope_theta": 500000.0, "rope_scaling": scaling, "max_position_embeddings": 131072}
+    ids = {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+    return size | heads | ropes | ids | {"tie_word_embeddings": tied, "rms_norm_eps": 1e-5}
 
 
+TINY = {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096}
 SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
     "1b": llama3(2048, 16, 8192, tied=True, rope=32.0),
     "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
-    "tiny": {
-        **llama3(64, 2, 128, tied=False, rope=8.0),
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 4096,
-        "bos_token_id": None,
-        "eos_token_id": 1,
-    },
+    "tiny": llama3(64, 2, 128, False, 8.0) | TINY | {"bos_token_id": None, "eos_token_id": 1},
 }
 SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree")
 
