@@ -12,6 +12,7 @@ from pervade.core import (
     DispatchConfig,
     Dispatcher,
     ItemsSubmitted,
+    LoadContext,
     RunTask,
     ScaleAdvice,
     TaskFinished,
@@ -199,3 +200,34 @@ def test_a_draining_worker_with_time_left_gets_only_work_that_fits_it() -> None:
     # (21 s less the 1 s passed, less 1 s overhead) at the measured speed, 0.7 of it to be safe
     assert task.worker == "w1" and len(task.items) == int(rate * 19.0 * 0.7)
     assert drained(2.2)[0] == []  # not even one item fits
+
+
+def test_no_build_on_a_class_that_loses_workers_faster_than_it_loads_while_others_work() -> None:
+    def builds(flaky_losses: int) -> list[str]:
+        d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1))
+        pool = Pool(d, {"steady": 1.0})
+        start(d, pool, {"steady": "dedicated"}, 100_000)
+        pool.run(until=50.0)  # the warm worker's speed is known
+        now = 60.0
+        for k in range(flaky_losses):  # a spot class seen to lose workers within seconds
+            d.handle(WorkerJoined(f"gone{k}", gpu_class="spot"), now)
+            d.handle(WorkerLeft(f"gone{k}"), now + 5.0)
+            now += 5.0
+        d.costs.record(CTX, None, 300.0)  # a build takes five minutes
+        out = d.handle(WorkerJoined("new", gpu_class="spot"), now)
+        return [x.context for x in out if isinstance(x, LoadContext) and x.worker == "new"]
+
+    assert builds(0) == [CTX]  # nothing seen against the class: it builds
+    assert builds(20) == []  # it would be gone long before the build paid back
+
+
+def test_a_flaky_class_still_builds_when_no_worker_is_warm() -> None:
+    d = Dispatcher()
+    now = 0.0
+    for k in range(20):
+        d.handle(WorkerJoined(f"gone{k}", gpu_class="spot"), now)
+        d.handle(WorkerLeft(f"gone{k}"), now + 5.0)
+        now += 5.0
+    d.handle(ItemsSubmitted(CTX, refs("i", 100)), now)
+    out = d.handle(WorkerJoined("new", gpu_class="spot"), now)
+    assert of(LoadContext, out), "with nobody warm, even a flaky worker must build"

@@ -75,7 +75,7 @@ class Placement:
         demands: list[Demand] | None = None
         if wanted and self._roster.idle:
             demands = self._demands(wanted)
-            decisions += self._builds(demands)
+            decisions += self._builds(demands, now)
         if wanted and self._check_abort:
             self._check_abort = False
             decisions += self._aborts(wanted)
@@ -144,13 +144,16 @@ class Placement:
         at_risk = min(0.9, young_daly_seconds(self.config.task_overhead, between) / between)
         return (len(worker.tasks), -rate * (1 - at_risk), worker.joined, worker.name)
 
-    def _builds(self, demands: list[Demand]) -> list[Decision]:
+    def _builds(self, demands: list[Demand], now: float) -> list[Decision]:
         decisions: list[Decision] = []
         for name in sorted(self._roster.idle):
             worker = self._roster.get(name)
             if worker is None:
                 continue
-            build = choose_build(worker, demands, self.costs, self.config.max_load_failures)
+            between = self.hazard.mean_seconds(worker.gpu_class, now)
+            build = choose_build(
+                worker, demands, self.costs, self.config.max_load_failures, between
+            )
             if build is None:
                 continue
             if worker.staging == build:

@@ -7,6 +7,7 @@ live contexts, which always come first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pervade.core.cache_policy import Tier
@@ -105,12 +106,15 @@ def choose_build(
     demands: list[Demand],
     costs: LoadCosts,
     max_load_failures: int,
+    mean_between_losses: float = math.inf,
 ) -> str | None:
     """The context `worker` (idle) should build, or None.
 
     Each candidate's expected load (own staged copy < peer < origin, as measured) is weighed
     by its backlog per worker already on it; a build the context's warm workers would make
-    pointless, by finishing its work before the build completes, is not started."""
+    pointless, by finishing its work before the build completes, is not started; nor is one
+    that the worker's class would, on average, lose before it has worked as long again as
+    the build took (`mean_between_losses`: seconds), while warm workers carry the work."""
     best: tuple[float, int] | None = None
     chosen: str | None = None
     for rank, demand in enumerate(demands):
@@ -123,6 +127,8 @@ def choose_build(
         seconds = costs.estimate(load_tier(worker, context, holders), context)
         remaining = demand.pending + demand.in_flight
         if not build_pays_off(seconds, remaining, demand.warm_rate):
+            continue
+        if demand.warm_rate and mean_between_losses < 2 * seconds:
             continue
         # Seconds of build per item of backlog each of its workers would have: cheap loads of
         # contexts short of workers first. The small constant keeps a free (GPU) load
