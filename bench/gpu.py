@@ -1,6 +1,7 @@
 """Engine efficiency on one GPU: pervade's HF engine against plain transformers, in one run.
 
-    python bench/gpu.py [--shape 8b|1b] [--only ceilings,choose,generate,lengths] [--out FILE]
+    python bench/gpu.py [--shape 8b|1b] [--only ceilings,choose,generate,lengths,agree,load]
+                        [--out FILE] [--model-dir DIR] [--host-dir TMPFS]
     python bench/gpu.py --tiny        # CPU, tiny shapes: checks that every section runs
 
 A random-weight bf16 model of a real shape (Llama-3.1-8B or Llama-3.2-1B) is built on the
@@ -12,6 +13,10 @@ tokens). Sections, as markdown tables on stdout and in --out:
   decode step against its memory floor and the card's bound on the whole run.
 - lengths: `HFEngine.choose` on fact-verification prompts of the bundled generator's length
   spread (bench/gen_claims.py), with length-sorted batches and in arrival order.
+- agree: greedy tokens of pervade's decode path against model.generate, float32.
+- load: the context's load by tier, worker processes included (bench/gpu_load.py): HOST ->
+  device and from_pretrained in one process; two Dask worker processes, one loading from its
+  HOST tier, the other through the PEER tier; a killed worker's replacement to its first task.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -57,7 +63,8 @@ SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
     "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
     "tiny": llama3(64, 2, 128, False, 8.0) | TINY | {"bos_token_id": None, "eos_token_id": 1},
 }
-SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree")
+SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree", "load")
+ENGINE = set(SECTIONS) - {"load"}  # the sections that use the model built in memory
 
 
 class Bench:
@@ -71,6 +78,7 @@ class Bench:
         self.bandwidth = math.nan  # bytes/s, read plus written
         self.model: Any = None
         self.words = 0
+        self.tiny_config = SHAPES["tiny"]
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -347,6 +355,14 @@ class Bench:
             [cells],
         )
 
+    def load(self) -> None:
+        import gpu_load
+
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the engine sections' model: the workers need the room
+        gpu_load.section(self, word_tokenizer([f"w{i}" for i in range(32000)]))
+
 
 def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]+", text)
@@ -383,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--tiny", action="store_true", help="CPU, tiny shapes: a smoke test")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "pervade-bench",
+        help="load: where the model is written (local disk) and the workers' DISK caches go",
+    )
+    parser.add_argument(
+        "--host-dir", type=Path, default=Path("/dev/shm"), help="load: a tmpfs for HOST caches"
+    )
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     if unknown := set(only) - set(SECTIONS):
@@ -398,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed = 0
     try:
-        bench.model = bench.build(args.shape, bench.dtype)
+        if ENGINE & set(only):
+            bench.model = bench.build(args.shape, bench.dtype)
         for section in SECTIONS:  # ceilings first: the others are measured against them
             if section in only or (section == "ceilings" and {"choose", "generate"} & set(only)):
                 try:
