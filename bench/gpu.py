@@ -17,6 +17,9 @@ tokens). Sections, as markdown tables on stdout and in --out:
 - load: the context's load by tier, worker processes included (bench/gpu_load.py): HOST ->
   device and from_pretrained in one process; two Dask worker processes, one loading from its
   HOST tier, the other through the PEER tier; a killed worker's replacement to its first task.
+- e2e (only when named): the fact-verification job over --items synthetic claims three ways,
+  static ideal, naive (a model load per task) and pervade, with --churn (bench/gpu_e2e.py):
+      python bench/gpu.py --only e2e [--items N] [--churn rate:mtbe=300,...] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
+import gpu_e2e  # noqa: E402
 from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS  # noqa: E402
 from pervade.engines.fast_choose import TwoPassScorer  # noqa: E402
 from pervade.engines.fast_generate import FastGenerator  # noqa: E402
@@ -63,8 +67,9 @@ SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
     "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
     "tiny": llama3(64, 2, 128, False, 8.0) | TINY | {"bos_token_id": None, "eos_token_id": 1},
 }
-SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree", "load")
-ENGINE = set(SECTIONS) - {"load"}  # the sections that use the model built in memory
+SECTIONS = ("ceilings", "choose", "generate", "lengths", "agree", "load", "e2e")
+DEFAULT = SECTIONS[:-1]  # e2e runs when named: it is a long run of its own
+ENGINE = set(SECTIONS) - {"load", "e2e"}  # the sections that use the model built in memory
 
 
 class Bench:
@@ -363,6 +368,12 @@ class Bench:
             torch.cuda.empty_cache()  # the engine sections' model: the workers need the room
         gpu_load.section(self, word_tokenizer([f"w{i}" for i in range(32000)]))
 
+    def e2e(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        gpu_e2e.section(self, word_tokenizer, words)
+
 
 def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]+", text)
@@ -396,7 +407,7 @@ def _agreement(tokens: torch.Tensor, reference: torch.Tensor) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=["1b", "8b"], default="8b")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--only", default=",".join(DEFAULT), help="comma-separated sections")
     parser.add_argument("--tiny", action="store_true", help="CPU, tiny shapes: a smoke test")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     parser.add_argument(
@@ -408,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host-dir", type=Path, default=Path("/dev/shm"), help="load: a tmpfs for HOST caches"
     )
+    gpu_e2e.add_arguments(parser)
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     if unknown := set(only) - set(SECTIONS):

@@ -1,0 +1,391 @@
+"""The `e2e` section of bench/gpu.py: the fact-verification job end to end, three ways on the
+same card in one call.
+
+N synthetic claims (bench/gen_claims.py, seed 0: the bundled generator's length spread) are
+rendered with the bundled template and scored against the bundled labels (`choose`) by a
+random-weight model of the run's shape (bench/tiers.py's folder on local disk: bf16
+safetensors shards) with a word-level tokenizer of the claims' words (one word, one token).
+- static ideal: this process loads the model once (pervade's loader, from the page cache)
+  and runs every item through `HFEngine.choose` in length-sorted batches; wall time includes
+  the load.
+- pervade: the job API (`run_job`, as `pervade run JOB.toml`) on a local Dask cluster of 1
+  worker process per GPU (1, and 2 where 2 GPUs are visible), with empty DISK and HOST caches
+  at the start: the wall time includes staging the model from its origin folder and loading
+  it. Workers have imported torch and transformers before the clock starts (the forkserver).
+- naive: plain Dask tasks (client.submit) on the same cluster of 1 worker, tasks of
+  pervade's mean task size, each loading the model itself and dropping it after (pervade's
+  fast loader, page cache warm: kinder to naive than batch jobs that start a process each).
+  At most `--naive-tasks` tasks are timed; the full run's wall time is extrapolated from
+  them, linearly, and the table says so.
+- pervade under churn (`--churn SPEC`, the `pervade run --churn` syntax): the churn harness
+  evicts and replaces worker processes; goodput is the run's own account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from distributed import WorkerPlugin
+
+from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS, FactVerification
+from pervade.engines.hf import load_engine
+
+REFERENCE_REDUCTIONS = (72.1, 98.1)  # naive -> pervasive context management, as published
+_START = time.perf_counter()
+
+
+def progress(text: str) -> None:
+    print(f"[e2e {time.perf_counter() - _START:6.1f} s] {text}", flush=True)
+
+
+# -- run in the worker processes ---------------------------------------------------------
+
+
+def naive_task(
+    items: list[tuple[str, str]], model: str, choices: list[str], **engine: Any
+) -> tuple[list[tuple[str, str, int]], float]:
+    """A batch job without context reuse: load the model, score the task's prompts, drop the
+    model. Each item's (id, verdict, prompt tokens), and the load's seconds."""
+    loaded = load_engine(model, **engine)
+    try:
+        picked = loaded.choose([prompt for _, prompt in items], choices)
+        out = [
+            (item_id, str(getattr(c, "best", "")), int(getattr(c, "prompt_tokens", 0)))
+            for (item_id, _), c in zip(items, picked, strict=True)
+        ]
+        return out, loaded.load_seconds
+    finally:
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class GpuPin(WorkerPlugin):
+    """A Dask worker plugin: with several GPUs, each worker process takes the first GPU no
+    other live worker holds (a lock file per GPU, released when the process dies), so that a
+    replaced worker takes its predecessor's GPU."""
+
+    name = "pervade-bench-gpu-pin"
+
+    def setup(self, worker: Any) -> None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count < 2:
+            return
+        for index in range(count):
+            fd = os.open(
+                f"{tempfile.gettempdir()}/pervade-e2e-gpu{index}.lock", os.O_CREAT | os.O_RDWR
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._held = fd  # kept open for the process's life
+            torch.cuda.set_device(index)
+            return
+        torch.cuda.set_device(os.getpid() % count)
+
+
+def add_arguments(parser: Any) -> None:
+    """bench/gpu.py's options for this section."""
+    parser.add_argument("--items", type=int, default=50_000, help="e2e: claims (--tiny: 300)")
+    parser.add_argument("--batch", type=int, default=128, help="e2e: the engine's batch rows")
+    parser.add_argument("--naive-tasks", type=int, default=8, help="e2e: naive tasks timed")
+    parser.add_argument("--workers", default="", help="e2e: pools, e.g. 1,2 (default: per GPU)")
+    parser.add_argument("--churn", help="e2e: also run pervade under this churn spec")
+
+
+# -- the section -------------------------------------------------------------------------
+
+
+@dataclass
+class Way:
+    name: str
+    workers: int
+    items: int
+    wall: float
+    tokens: int
+    notes: list[str] = field(default_factory=list)
+    verdicts: dict[str, str] = field(default_factory=dict)
+    stats: Any = None
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.wall
+
+
+def claims(count: int) -> tuple[list[dict[str, str]], list[str]]:
+    from gen_claims import make_claim
+
+    rng = random.Random(0)
+    records = [make_claim(rng, i) for i in range(count)]
+    app = FactVerification.from_files(BUNDLED_TEMPLATE)
+    return records, [str(app.parse(r)[0]["prompt"]) for r in records]
+
+
+def model_folder(bench: Any, shape: str, tokenizer: Any) -> Path:
+    """bench/tiers.py's random model of `shape`, with this run's tokenizer: its files are
+    replaced only where they differ (an unchanged folder keeps its cached digest)."""
+    import tiers
+
+    if bench.tiny:  # bench/gpu.py's tiny config (as the load section makes it)
+        tiers.SHAPES.setdefault("tiny", bench.tiny_config | {"vocab_size": 8192})
+    bench.args.model_dir.mkdir(parents=True, exist_ok=True)
+    folder: Path = tiers.make_model(shape, bench.args.model_dir, bench.device)
+    with tempfile.TemporaryDirectory(dir=bench.args.model_dir) as scratch:
+        tokenizer.save_pretrained(scratch)
+        for made in Path(scratch).iterdir():
+            target = folder / made.name
+            if not target.is_file() or target.read_bytes() != made.read_bytes():
+                shutil.copyfile(made, target)
+    return folder
+
+
+def static(bench: Any, folder: Path, prompts: list[str], ids: list[str], batch: int) -> Way:
+    began = time.perf_counter()
+    engine = load_engine(str(folder), batch_size=batch, max_batch_tokens=batch * 512)
+    way = Way("static ideal: one process, one load", 1, len(prompts), 0.0, 0)
+    chunk = 16384  # HFEngine.choose sorts each call's prompts by length
+    for start in range(0, len(prompts), chunk):
+        picked = engine.choose(prompts[start : start + chunk], list(LABELS))
+        for item_id, choice in zip(ids[start : start + chunk], picked, strict=True):
+            if hasattr(choice, "best"):
+                way.verdicts[item_id] = choice.best
+                way.tokens += choice.prompt_tokens
+    bench.sync()
+    way.wall = time.perf_counter() - began
+    way.notes.append(f"load {engine.load_seconds:.2f} s (page cache)")
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the workers' room
+    return way
+
+
+class Runner:
+    """Local clusters for the pervade and naive runs, with fresh worker caches each time."""
+
+    def __init__(self, bench: Any, folder: Path, source: Path, batch: int) -> None:
+        self.bench = bench
+        self.folder = folder
+        self.source = source
+        self.batch = batch
+        self.work = Path(tempfile.mkdtemp(prefix="pervade-e2e-", dir=bench.args.model_dir))
+        self.shm = Path(tempfile.mkdtemp(prefix="pervade-e2e-", dir=bench.args.host_dir))
+        # Read by the forkserver at its start, and so by every worker process it forks.
+        os.environ["PERVADE_ARTIFACT_CACHE"] = str(self.work / "disk")
+        os.environ["PERVADE_HOST_CACHE"] = str(self.shm / "host")
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.shm, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def cluster(self, workers: int, churn: Any = None) -> Any:
+        from pervade.runtime.churn import ChurnHarness
+        from pervade.runtime.cluster import connect
+
+        for cache in (self.work / "disk", self.shm / "host"):
+            shutil.rmtree(cache, ignore_errors=True)  # every run starts with empty caches
+        preload = ["pervade.engines.hf", "pervade.apps.llm", "gpu_e2e"]
+        began = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(connect(None, workers, preload=preload))
+            client.register_plugin(GpuPin())
+            initial = workers
+            if churn is not None:
+                harness = stack.enter_context(ChurnHarness(client.cluster, client, churn, workers))
+                initial = harness.trace.initial if harness.trace is not None else workers
+            client.wait_for_workers(max(1, initial))
+            progress(f"cluster of {workers} worker(s) up in {time.perf_counter() - began:.1f} s")
+            yield client
+
+    def pervade(self, workers: int, churn: Any = None, label: str = "") -> Way:
+        from pervade.cli.plan import build_plan
+        from pervade.runtime.session import run_job
+
+        run = Path(tempfile.mkdtemp(prefix="run-", dir=self.work))
+        sections = {
+            "job": {"app": "fact-verification", "input": str(self.source)},
+            "model": {
+                "path": str(self.folder),
+                "batch_size": self.batch,
+                "max_batch_tokens": self.batch * 512,
+            },
+            "cluster": {"workers": workers},
+        }
+        sections["job"]["output"] = str(run / "out.jsonl")
+        plan = build_plan(sections, run, lambda _text: None)  # the model's digest: not timed
+        with self.cluster(workers, churn) as client:
+            began = time.perf_counter()
+            stats = run_job(
+                client, plan.job, plan.input, plan.parse, plan.output, plan.errors, plan.journal
+            )
+            wall = time.perf_counter() - began
+        results = [json.loads(line) for line in plan.output.read_text().splitlines()]
+        name = f"pervade{label}, {workers} worker(s)"
+        way = Way(name, workers, len(results), wall, stats.tokens, stats=stats)
+        way.verdicts = {r["id"]: r["verdict"] for r in results}
+        loads = ", ".join(f"{t} {n}" for t, n in sorted(stats.load_tiers.items()))
+        way.notes.append(
+            f"{stats.tasks} tasks, {stats.context_loads} context load(s) ({loads};"
+            f" {stats.load_seconds:.1f} s summed), {stats.infer_seconds:.1f} s in batch"
+            f" functions, goodput {stats.goodput.share:.0%}"
+        )
+        if churn is not None:
+            way.notes.append(
+                f"evictions {stats.hard_evictions} hard / {stats.graceful_evictions} graceful,"
+                f" {stats.rerun_items} items redone"
+            )
+        shutil.rmtree(run, ignore_errors=True)
+        progress(f"{name}: {wall:.1f} s, {len(results)} items")
+        return way
+
+    def naive(self, items: list[tuple[str, str]], task_items: int) -> Way:
+        """Plain Dask tasks of `task_items` items on 1 worker, a model load in each."""
+        options = {"model": str(self.folder), "choices": list(LABELS)}
+        options |= {"batch_size": self.batch, "max_batch_tokens": self.batch * 512}
+        chunks = [items[i : i + task_items] for i in range(0, len(items), task_items)]
+        with self.cluster(1) as client:
+            began = time.perf_counter()
+            futures = [client.submit(naive_task, c, pure=False, **options) for c in chunks]
+            done = client.gather(futures)
+            wall = time.perf_counter() - began
+        way = Way("naive: a model load per task", 1, sum(len(c) for c in chunks), wall, 0)
+        way.verdicts = {item_id: verdict for out, _ in done for item_id, verdict, _ in out}
+        way.tokens = sum(n for out, _ in done for _, _, n in out)
+        loads = [seconds for _, seconds in done]
+        way.notes.append(f"{len(loads)} loads of {sum(loads) / len(loads):.2f} s mean (page cache)")
+        progress(f"naive: {wall:.1f} s, {way.items} items")
+        return way
+
+
+def section(bench: Any, tokenizer_of: Callable[[list[str]], Any], words: Any) -> None:
+    args = bench.args
+    count = min(args.items, 300) if bench.tiny and args.items > 300 else args.items
+    shape = "tiny" if bench.tiny else args.shape
+    batch = 8 if bench.tiny else args.batch
+    gpus = torch.cuda.device_count() if bench.device.type == "cuda" else 0
+    sizes = [int(w) for w in args.workers.split(",")] if args.workers else [1]
+    if not args.workers and gpus >= 2:
+        sizes = [1, 2]
+    records, prompts = claims(count)
+    ids = [r["id"] for r in records]
+    tokenizer = tokenizer_of(sorted({w for p in prompts + list(LABELS) for w in words(p)}))
+    began = time.perf_counter()
+    folder = model_folder(bench, shape, tokenizer)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    progress(f"model folder ready in {time.perf_counter() - began:.1f} s: {folder}")
+    runner = Runner(bench, folder, bench.args.model_dir / f"e2e-claims-{count}.jsonl", batch)
+    runner.source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    ways: list[Way] = []
+    naive_full: float | None = None
+    try:
+        ideal = static(bench, folder, prompts, ids, batch)
+        progress(f"static: {ideal.wall:.1f} s")
+        ways.append(ideal)
+        first = runner.pervade(sizes[0])
+        ways.append(first)
+        for workers in sizes[1:]:
+            ways.append(runner.pervade(workers))
+        tasks = -(-count // max(1, round(count / max(1, first.stats.tasks))))
+        task_items = -(-count // tasks)
+        timed = min(args.naive_tasks, tasks)
+        pairs = list(zip(ids, prompts, strict=True))
+        naive = runner.naive(pairs[: timed * task_items], task_items)
+        naive.notes.append(
+            f"{timed} of {tasks} tasks of {task_items} items timed"
+            + ("" if timed == tasks else "; full wall extrapolated linearly")
+        )
+        naive_full = naive.wall * tasks / timed
+        ways.append(naive)
+        if args.churn:
+            from pervade.traces import load_churn
+
+            ways.append(runner.pervade(sizes[0], load_churn(args.churn, sizes[0]), " + churn"))
+    finally:
+        runner.close()
+        report(bench, ways, count, size, shape, batch, naive_full)
+
+
+def report(
+    bench: Any,
+    ways: list[Way],
+    count: int,
+    size: int,
+    shape: str,
+    batch: int,
+    naive_full: float | None,
+) -> None:
+    if not ways:
+        return
+    ideal = ways[0]
+    bench.say(
+        f"### e2e: fact verification, {count} synthetic claims (bench/gen_claims.py), Llama"
+        f" {shape} shape ({size / 1e9:.2f} GB, random weights), word-level tokens,"
+        f" engine batches of {batch}\n"
+    )
+    head = ["way", "workers", "items", "wall s", "items/s", "prompt tokens/s", "items/s / static"]
+    rows = []
+    for way in ways:
+        tokens = way.tokens or ideal.tokens * way.items / max(1, ideal.items)
+        cells = [way.name, str(way.workers), str(way.items), f"{way.wall:.1f}"]
+        cells += [f"{way.rate:,.1f}", f"{tokens / way.wall:,.0f}", f"{way.rate / ideal.rate:.2f}"]
+        rows.append([*cells, "; ".join(way.notes)])
+    bench.table([*head, "notes"], rows)
+    lines = []
+    by_name = {w.name.split(",")[0].split(":")[0]: w for w in ways}
+    one = next((w for w in ways if w.name.startswith("pervade,") and w.workers == 1), None)
+    if one is not None:
+        ratio = one.rate / ideal.rate
+        verdict = "met" if ratio >= 0.9 else "not met"
+        lines.append(f"- pervade / static ideal items/s: {ratio:.2f} (target >= 0.9: {verdict})")
+        same = sum(one.verdicts.get(k) == v for k, v in ideal.verdicts.items())
+        same /= max(1, len(ideal.verdicts))
+        lines.append(
+            f"- verdicts of pervade equal to the static ideal's: {same:.1%}"
+            " (bf16 random weights: near-ties flip with batch composition)"
+        )
+        if naive_full is not None and one.items == count:
+            cut = 1 - one.wall / naive_full
+            ref = " and ".join(f"{r}%" for r in REFERENCE_REDUCTIONS)
+            lines.append(
+                f"- naive / pervade wall time: {naive_full:.1f} s / {one.wall:.1f} s ="
+                f" {naive_full / one.wall:.2f}x, a {100 * cut:.1f}% reduction (the reference"
+                f" published {ref}); naive's full wall extrapolated from"
+                f" {by_name['naive'].items} items timed"
+            )
+    two = next((w for w in ways if w.name.startswith("pervade,") and w.workers == 2), None)
+    if one is not None and two is not None:
+        lines.append(f"- scaling, 2 workers (one GPU each): {two.rate / (2 * one.rate):.0%}")
+    churned = next((w for w in ways if "churn" in w.name), None)
+    if churned is not None and churned.stats is not None:
+        share = churned.stats.goodput.share
+        verdict = "met" if share >= 0.8 else "not met"
+        lines.append(
+            f"- goodput under churn `{bench.args.churn}`: {share:.0%} (target >= 80% at mtbe"
+            f" 300 s: {verdict}); wall {churned.wall / one.wall if one else math.nan:.2f}x"
+            " the run without churn"
+        )
+    for line in lines:
+        bench.say(line)
+    bench.say()
+
+
+__all__ = ["GpuPin", "add_arguments", "naive_task", "section"]
