@@ -30,6 +30,7 @@ from distributed.core import Status
 
 from pervade.core.availability import Churn, Join, TraceSchedule, trace_schedule
 from pervade.core.churn import ChurnRate, Eviction, EvictionKind, eviction_schedule
+from pervade.runtime.membership import worker_addresses
 
 logger = logging.getLogger(__name__)
 _GONE = (Status.closing, Status.closed, Status.closing_gracefully, Status.failed)
@@ -128,7 +129,7 @@ class ChurnHarness:
             self._refill(now)
 
     def _evict(self, eviction: Eviction, at: float) -> None:
-        workers = sorted(set(self.client.scheduler_info()["workers"]) - self._signalled)
+        workers = sorted(worker_addresses(self.client) - self._signalled)
         if not workers:
             return
         victim = workers[int((eviction.pick or 0.0) * len(workers))]

@@ -49,6 +49,7 @@ from pervade.runtime.driver_config import RunAborted as RunAborted  # re-exporte
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
+from pervade.runtime.membership import worker_addresses
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.prefetching import Answer, Prefetches
@@ -195,7 +196,7 @@ class Driver:
         return exhausted
 
     def _poll_membership(self) -> None:
-        current = set(self.client.scheduler_info()["workers"])
+        current = worker_addresses(self.client)
         for worker in sorted(current - self._workers):
             self._workers.add(worker)
             self.ledger.joined(worker, self._now())
@@ -284,7 +285,7 @@ class Driver:
         evicted = (
             error is None
             or is_lost_worker(error)
-            or self.core.task_worker(task) not in self._current_workers()
+            or self.core.task_worker(task) not in worker_addresses(self.client)
         )
         described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
         self.journal.end_attempts(task, "evicted" if evicted else "failed")
@@ -309,9 +310,6 @@ class Driver:
         self._handle(
             TaskFinished(task, report.unfinished, report.failed, report.error, report.restart)
         )
-
-    def _current_workers(self) -> set[str]:
-        return set(self.client.scheduler_info()["workers"])
 
     def _load_done(
         self,
