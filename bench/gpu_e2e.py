@@ -134,6 +134,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--workers", default="", help="e2e: pools, e.g. 1,2 (default: per GPU)")
     parser.add_argument("--churn", help="e2e: also run pervade under this churn spec")
     parser.add_argument(
+        "--ways", default="static,pervade,naive", help="e2e: which of static,pervade,naive run"
+    )
+    parser.add_argument(
         "--naive", default="fast,from_pretrained", help="e2e: naive runs by model loader"
     )
     parser.add_argument(
@@ -353,18 +356,22 @@ def section(bench: Any, tokenizer_of: Callable[[list[str]], Any], words: Any) ->
     ways: list[Way] = []
     naive_full: dict[str, float] = {}
     try:
-        ideal = static(bench, folder, prompts, ids, batch)
-        progress(f"static: {ideal.wall:.1f} s")
-        ways.append(ideal)
-        first = runner.pervade(sizes[0])
-        ways.append(first)
-        for workers in sizes[1:]:
-            ways.append(runner.pervade(workers))
-        tasks = -(-count // max(1, round(count / max(1, first.stats.tasks))))
+        run = set(args.ways.split(","))
+        if "static" in run:
+            ways.append(static(bench, folder, prompts, ids, batch))
+            progress(f"static: {ways[-1].wall:.1f} s")
+        first = None
+        if "pervade" in run:
+            ways.append(first := runner.pervade(sizes[0]))
+            for workers in sizes[1:]:
+                ways.append(runner.pervade(workers))
+        # Naive tasks are pervade's mean task's size (without a pervade run: 4 engine batches).
+        task_items = round(count / max(1, first.stats.tasks)) if first else 4 * batch
+        tasks = -(-count // max(1, task_items))
         task_items = -(-count // tasks)
         timed = min(args.naive_tasks, tasks)
         pairs = list(zip(ids, prompts, strict=True))
-        for loader in [x for x in args.naive.split(",") if x]:
+        for loader in [x for x in args.naive.split(",") if x and "naive" in run]:
             naive = runner.naive(pairs[: timed * task_items], task_items, loader)
             # The rest of the tasks at the median task's seconds (each measured in its task).
             full = naive.wall + (tasks - timed) * statistics.median(naive.task_seconds)
@@ -394,7 +401,7 @@ def report(
 ) -> None:
     if not ways:
         return
-    ideal = ways[0]
+    ideal = next((w for w in ways if w.name.startswith("static")), None)
     bench.say(
         f"### e2e: fact verification, {count} synthetic claims (bench/gen_claims.py), Llama"
         f" {shape} shape ({size / 1e9:.2f} GB, random weights), word-level tokens,"
@@ -403,15 +410,15 @@ def report(
     head = ["way", "workers", "items", "wall s", "items/s", "prompt tokens/s", "items/s / static"]
     rows = []
     for way in ways:
-        tokens = way.tokens or ideal.tokens * way.items / max(1, ideal.items)
         cells = [way.name, str(way.workers), str(way.items), f"{way.wall:.1f}"]
-        cells += [f"{way.rate:,.1f}", f"{tokens / way.wall:,.0f}", f"{way.rate / ideal.rate:.2f}"]
+        cells += [f"{way.rate:,.1f}", f"{way.tokens / way.wall:,.0f}"]
+        cells += [f"{way.rate / ideal.rate:.2f}" if ideal else "-"]
         rows.append([*cells, "; ".join(way.notes)])
     bench.table([*head, "notes"], rows)
     lines = []
     by_name = {w.name: w for w in ways}
     one = next((w for w in ways if w.name.startswith("pervade,") and w.workers == 1), None)
-    if one is not None:
+    if one is not None and ideal is not None:
         ratio = one.rate / ideal.rate
         verdict = "met" if ratio >= 0.9 else "not met"
         lines.append(f"- pervade / static ideal items/s: {ratio:.2f} (target >= 0.9: {verdict})")
@@ -421,6 +428,7 @@ def report(
             f"- verdicts of pervade equal to the static ideal's: {same:.1%}"
             " (bf16 random weights: near-ties flip with batch composition)"
         )
+    if one is not None:
         ref = " and ".join(f"{r}%" for r in REFERENCE_REDUCTIONS)
         for name, full in naive_full.items() if one.items == count else ():
             lines.append(
