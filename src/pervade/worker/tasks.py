@@ -33,10 +33,20 @@ class TaskReport:
 
 
 # A task runs its batch function on slices of about a quarter of its items (at least this
-# many), so a worker told to leave can stop between slices and report what is done, and a
-# slice that raises costs only itself.
+# many, and at least a full device batch of the context when it says how large one is), so
+# a worker told to leave can stop between slices and report what is done, and a slice that
+# raises costs only itself.
 MIN_SLICE = 8
 SLICES = 4
+
+
+def slice_size(items: int, value: Any) -> int:
+    """Items per slice: a quarter of the task, never fewer than one device batch of the
+    context (`value.batch_size`, an engine's rows per forward pass), so that slicing never
+    leaves the device's batches part empty."""
+    batch = getattr(value, "batch_size", None)
+    floor = max(MIN_SLICE, batch) if isinstance(batch, int) and batch > 0 else MIN_SLICE
+    return max(floor, -(-items // SLICES))
 
 
 @dataclass
@@ -89,12 +99,12 @@ def run_task(
         return TaskReport((), 0.0, 0.0, 0, tuple(item.id for item in items))
     batch_function = resolve_import(function) if isinstance(function, str) else function
     run = _Run(batch_function, dict(options))
-    size = max(MIN_SLICE, -(-len(items) // SLICES))
     failed: list[str] = []
     error = ""
     fault: Fault | None = None
     stopped_at = len(items)
     with host.use(spec) as (value, load_seconds):
+        size = slice_size(len(items), value)
         for start in range(0, len(items), size):
             if start and host.draining.is_set():
                 stopped_at = start
