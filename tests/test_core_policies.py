@@ -231,3 +231,15 @@ def test_a_flaky_class_still_builds_when_no_worker_is_warm() -> None:
     d.handle(ItemsSubmitted(CTX, refs("i", 100)), now)
     out = d.handle(WorkerJoined("new", gpu_class="spot"), now)
     assert of(LoadContext, out), "with nobody warm, even a flaky worker must build"
+
+
+def test_no_copy_of_a_task_shorter_than_what_a_copy_costs() -> None:
+    def copies(overhead: float) -> int:
+        d = Dispatcher(DispatchConfig(max_in_flight=1, min_task_items=1, task_overhead=overhead))
+        pool = Pool(d, {"slow": 20.0, "fast": 200.0})  # items/s: tasks of well under a second
+        start(d, pool, {"slow": "t4", "fast": "h100"}, 60)
+        pool.run()
+        return d.stats.copies
+
+    assert copies(0.0) >= 1  # free copies: the slow worker's last task is copied
+    assert copies(2.0) == 0  # each copy would cost more than it could save

@@ -245,12 +245,22 @@ class Placement:
                 continue
             tasks = [t for t in self._tasks.values() if t.context == context]
             ends = expected_ends(tasks, self.rates, now)
-            outstanding = [t for t in tasks if not t.group and t.id not in self._twins]
-            for name, task in choose_copies(idle, outstanding, ends, self.rates, now):
+            # Not a draining worker's task: it stops at its next slice and hands the rest back.
+            outstanding = [
+                t
+                for t in tasks
+                if not t.group and t.id not in self._twins and not self._is_draining(t.worker)
+            ]
+            overhead = self.config.task_overhead
+            for name, task in choose_copies(idle, outstanding, ends, self.rates, now, overhead):
                 worker = self._roster.get(name)
                 if worker is not None:
                     decisions.append(self._start_copy(worker, task, now))
         return decisions
+
+    def _is_draining(self, name: str) -> bool:
+        worker = self._roster.get(name)
+        return worker is not None and worker.draining
 
     # -- starting tasks --------------------------------------------------------------
 

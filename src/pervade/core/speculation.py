@@ -49,9 +49,12 @@ def choose_copies(
     ends: Mapping[str, float],
     rates: Throughput,
     now: float,
+    overhead: float = 0.0,
 ) -> list[tuple[str, Task]]:
     """(worker, task) pairs: the idle warm workers, fastest first, each copying the task
-    expected to end last among those its copy would clearly beat. Each task once."""
+    expected to end last among those its copy would clearly beat: sooner by MIN_GAIN of the
+    original's remaining time and by more than a task's `overhead` (seconds), which the copy
+    pays again. Each task once."""
     candidates = sorted((t for t in outstanding if t.id in ends), key=lambda t: (-ends[t.id], t.id))
     speed = {w: rates.estimate(w, outstanding[0].context) if outstanding else None for w in idle}
     pairs: list[tuple[str, Task]] = []
@@ -63,7 +66,8 @@ def choose_copies(
             if task.worker == worker:
                 continue
             remaining = ends[task.id] - now
-            if now + len(task.items) / rate < ends[task.id] - MIN_GAIN * remaining:
+            gain = max(MIN_GAIN * remaining, overhead)
+            if now + overhead + len(task.items) / rate < ends[task.id] - gain:
                 pairs.append((worker, task))
                 candidates.remove(task)
                 break
