@@ -23,6 +23,7 @@ from pervade.core.placement import (
     WorkerState,
     choose_build,
     choose_stage,
+    may_stage,
 )
 from pervade.core.roster import Roster
 from pervade.core.sizing import Hazard, SizeInputs, adaptive_size, young_daly_seconds
@@ -86,7 +87,9 @@ class Placement:
             touched = list(self._roster) if wanted_changed else self._roster.take_touched()
             overdue = self._stages_overdue(now)
             touched += [w for w in overdue if w.name not in {t.name for t in touched}]
-            touched = [w for w in touched if _may_stage(w, wanted)]
+            limit = self.config.max_load_failures
+            # A cheap first look, before the demands are worked out.
+            touched = [w for w in touched if any(may_stage(w, c, limit) for c in wanted)]
             if touched:
                 demands = demands or self._demands(wanted)
                 decisions += self._stages(touched, demands, now)
@@ -324,16 +327,6 @@ class Placement:
         self._twins[copy.id], self._twins[original.id] = original.id, copy.id
         self.stats.copies += 1
         return self._track(copy, worker)
-
-
-def _may_stage(worker: WorkerState, wanted: tuple[str, ...]) -> bool:
-    """A cheap first look: could `choose_stage` pick anything for this worker?"""
-    if not worker.takes_work or worker.staging is not None or not worker.is_occupied:
-        return False
-    return any(
-        not worker.holds(c) and not worker.contexts.get(c, ContextState.ABSENT).is_building
-        for c in wanted
-    )
 
 
 def _ids(items: tuple[ItemRef, ...]) -> tuple[str, ...]:

@@ -139,20 +139,26 @@ def choose_build(
     return chosen
 
 
+def may_stage(worker: WorkerState, context: str, max_load_failures: int) -> bool:
+    """Whether `worker` could stage `context` now: busy with something else (so that the
+    copy overlaps useful work), no stage under way, not leaving, and the context neither
+    held, built, nor failed there before."""
+    return (
+        worker.takes_work
+        and worker.staging is None
+        and worker.is_occupied
+        and not worker.holds(context)
+        and not worker.contexts.get(context, ContextState.ABSENT).is_building
+        and context not in worker.stage_failures
+        and worker.load_failures.get(context, 0) < max_load_failures
+    )
+
+
 def choose_stage(worker: WorkerState, demands: list[Demand], max_load_failures: int) -> str | None:
-    """The context whose artifacts `worker` should stage in the background, or None: one
-    with waiting work that it neither holds nor builds, while it is busy with another (so
-    that the copy overlaps useful work), at most one at a time, never on a worker leaving."""
-    if not worker.takes_work or worker.staging is not None or not worker.is_occupied:
-        return None
+    """The context whose artifacts `worker` should stage in the background, or None: of
+    those with waiting work that `may_stage` allows, the one with the most."""
     candidates = [
-        d
-        for d in demands
-        if d.pending
-        and not worker.holds(d.context)
-        and not worker.contexts.get(d.context, ContextState.ABSENT).is_building
-        and d.context not in worker.stage_failures
-        and worker.load_failures.get(d.context, 0) < max_load_failures
+        d for d in demands if d.pending and may_stage(worker, d.context, max_load_failures)
     ]
     if not candidates:
         return None
