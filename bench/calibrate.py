@@ -56,6 +56,7 @@ from pervade.core.churn import ChurnRate, EvictionKind
 from pervade.core.config import DispatchConfig
 from pervade.runtime.churn import ChurnHarness
 from pervade.runtime.cluster import connect
+from pervade.runtime.membership import worker_addresses
 from pervade.runtime.session import run_job
 from pervade.sim import GpuClass, Job, Loads, Pool, Replay, Scenario, simulate
 
@@ -81,7 +82,7 @@ def plan_for(folder: Path, items: int | None) -> Any:
 
 def wait_for(client: Any, ready: Any, timeout: float = 120.0) -> float:
     began = time.monotonic()
-    while not ready(set(client.scheduler_info()["workers"])):
+    while not ready(worker_addresses(client)):
         if time.monotonic() - began > timeout:
             raise TimeoutError("workers did not come up")
         time.sleep(0.05)
@@ -90,7 +91,7 @@ def wait_for(client: Any, ready: Any, timeout: float = 120.0) -> float:
 
 def startup(client: Any) -> dict[str, float]:
     """A worker restarted by its nanny, and a new worker process: seconds to registered."""
-    before = set(client.scheduler_info()["workers"])
+    before = worker_addresses(client)
     victim = sorted(before)[0]
     pid = client.run(os.getpid, workers=[victim])[victim]
     os.kill(pid, signal.SIGKILL)
