@@ -65,8 +65,8 @@ def summary_rows(
         rows.append(
             (
                 "tail copies",
-                f"{stats.copies} speculative copies of slow tasks, {stats.copies_won} "
-                "finished first",
+                f"{stats.copies} speculative cop{'y' if stats.copies == 1 else 'ies'} of "
+                f"slow tasks, {stats.copies_won} finished first",
             )
         )
     if stats.advice:
