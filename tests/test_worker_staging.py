@@ -76,20 +76,46 @@ def same_files(local: Path, origin: str) -> bool:
     return all((local / f.name).read_bytes() == f.read_bytes() for f in Path(origin).iterdir())
 
 
-def test_a_fetch_lands_on_disk_and_the_loader_gets_the_host_copy(
+def test_a_fetch_lands_in_host_and_the_disk_copy_is_written_behind(
     tmp_path: Path, weights: Artifact
 ) -> None:
     disk, host = caches(tmp_path)
-    placed = StagingChain(disk, host).stage(weights)
+    chain = StagingChain(disk, host)
+    placed = chain.stage(weights)
     assert (placed.tier, placed.bytes) == (Tier.ORIGIN, 10240 + 5000)
     assert placed.path == host.entry_path(weights.digest) and same_files(placed.path, weights.uri)
+    assert chain.settle(timeout=30)
     assert disk.get(weights.digest) is not None
-    # Pinned where the loader reads; the DISK copy may go.
+    assert same_files(disk.entry_path(weights.digest), weights.uri)
+    # Pinned where the loader reads; the DISK copy may go, and the copy's own pin is gone.
     assert placed.pin == (host, weights.digest)
     assert host.pinned() == {weights.digest} and disk.pinned() == set()
     # Another process of the node (a restarted worker): a HOST hit.
     again = StagingChain(*caches(tmp_path)).stage(weights)
     assert (again.tier, again.bytes, again.path) == (Tier.HOST, 0, placed.path)
+
+
+def test_a_disk_copy_that_does_not_fit_leaves_the_host_load_alone(
+    tmp_path: Path, weights: Artifact
+) -> None:
+    disk = ArtifactCache(tmp_path / "disk", 1000, margin=0)  # smaller than the artifact
+    host = ArtifactCache(tmp_path / "host", margin=0, tier=Tier.HOST)
+    chain = StagingChain(disk, host)
+    placed = chain.stage(weights)
+    assert chain.settle(timeout=30)
+    assert placed.pin == (host, weights.digest) and same_files(placed.path, weights.uri)
+    assert disk.get(weights.digest) is None and disk.pinned() == set()
+    assert host.pinned() == {weights.digest}  # the load's pin alone
+
+
+def test_a_disk_hit_is_copied_into_host(tmp_path: Path, weights: Artifact) -> None:
+    disk, host = caches(tmp_path)
+    disk.stage(weights)
+    disk.unpin(weights.digest)
+    placed = StagingChain(disk, host).stage(weights)
+    assert (placed.tier, placed.bytes) == (Tier.DISK, 0)
+    assert placed.pin == (host, weights.digest) and same_files(placed.path, weights.uri)
+    assert disk.pinned() == set()
 
 
 def test_a_full_host_cache_leaves_the_load_on_disk(tmp_path: Path, weights: Artifact) -> None:
@@ -103,7 +129,9 @@ def test_a_full_host_cache_leaves_the_load_on_disk(tmp_path: Path, weights: Arti
 
 def test_a_corrupt_host_copy_is_replaced_from_disk(tmp_path: Path, weights: Artifact) -> None:
     disk, host = caches(tmp_path)
-    first = StagingChain(disk, host).stage(weights)
+    chain = StagingChain(disk, host)
+    first = chain.stage(weights)
+    assert chain.settle(timeout=30)
     host.unpin(weights.digest)
     (first.path / "b.bin").write_bytes(b"x" * 5000)  # same size: found by a re-hash
     placed = StagingChain(disk, host).stage(weights)

@@ -2,17 +2,21 @@
 
     HOST hit  ->  DISK hit  ->  PEER (another worker's copy)  ->  ORIGIN (shared storage)
 
-A copy fetched from a peer or the origin lands in the DISK cache and is then copied into
-HOST when it fits there; the loader gets the HOST path when there is one. The tier a load
-reports is the one its bytes came from. Everything that needs the cluster (who holds what,
-pulling from peers, the cluster-wide limit on origin readers) is behind `Remote`, so the
-chain runs without Dask in unit tests.
+A copy fetched from a peer or the origin lands in HOST when it fits there (memory speed:
+the load starts seconds sooner than after a disk write and fsync), and a thread writes the
+DISK copy behind the load, for the next worker on this node once HOST is gone (a reboot,
+memory pressure). A DISK hit is copied into HOST. The loader gets the HOST path when there
+is one. The tier a load reports is the one its bytes came from.
+
+Everything that needs the cluster (who holds what, pulling from peers, the cluster-wide
+limit on origin readers) is behind `Remote`, so the chain runs without Dask in unit tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,6 +74,7 @@ class StagingChain:
         self.disk = disk
         self.host = host
         self.remote = remote
+        self._behind: list[threading.Thread] = []  # DISK copies written behind loads
 
     @property
     def caches(self) -> tuple[ArtifactCache, ...]:
@@ -102,6 +107,17 @@ class StagingChain:
                 seconds = time.perf_counter() - started
                 return Placed(found, Tier.HOST, 0, seconds, (self.host, digest))
             self.host.unpin(digest)
+        if self.host is not None and (self.disk is None or self.disk.get(digest) is None):
+            try:
+                fetched = self._fetch(self.host, artifact)
+            except CacheFull:
+                fetched = None  # no room in memory: land on DISK below
+            if fetched is not None:
+                if self.disk is not None:
+                    self._write_behind(self.host, self.disk, artifact)
+                seconds = time.perf_counter() - started
+                pin = (self.host, digest)
+                return Placed(fetched.path, fetched.tier, fetched.bytes, seconds, pin)
         landing = self.caches[-1]  # DISK, else HOST alone
         staged = self._fetch(landing, artifact)
         path, pin = staged.path, (landing, digest)
@@ -175,6 +191,43 @@ class StagingChain:
         except (CacheFull, OSError, ArtifactMismatch) as exc:
             logger.info("pervade: artifact %r stays out of the HOST cache: %s", artifact.name, exc)
             return None
+
+    def _write_behind(self, host: ArtifactCache, disk: ArtifactCache, artifact: Artifact) -> None:
+        """Copy the HOST entry into DISK on a thread. HOST stays pinned meanwhile, so the
+        entry is not evicted under the copy; a worker that dies mid-copy leaves a partial
+        copy that the next cache on this root removes."""
+        host.pin(artifact.digest)
+        thread = threading.Thread(
+            target=self._copy_to_disk,
+            args=(host, disk, artifact),
+            name=f"pervade-write-behind-{artifact.name}",
+            daemon=True,
+        )
+        self._behind = [t for t in self._behind if t.is_alive()] + [thread]
+        thread.start()
+
+    @staticmethod
+    def _copy_to_disk(host: ArtifactCache, disk: ArtifactCache, artifact: Artifact) -> None:
+        digest = artifact.digest
+        try:
+            manifest = host.manifest(digest)
+            if manifest is None:
+                return
+            source = CopySource(host.entry_path(digest), manifest, Tier.HOST, sync=True)
+            disk.stage(artifact, source)
+            disk.unpin(digest)
+        except Exception as exc:  # the DISK copy is a spare: the load goes on from HOST
+            logger.info("pervade: artifact %r stays out of the DISK cache: %s", artifact.name, exc)
+        finally:
+            host.unpin(digest)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the DISK copies written behind loads; whether all of them ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._behind):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(t.is_alive() for t in self._behind)
 
     def _publish(self, digest: str) -> None:
         if self.remote is not None:
