@@ -134,7 +134,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--workers", default="", help="e2e: pools, e.g. 1,2 (default: per GPU)")
     parser.add_argument("--churn", help="e2e: also run pervade under this churn spec")
     parser.add_argument(
-        "--ways", default="static,pervade,naive", help="e2e: which of static,pervade,naive run"
+        "--ways",
+        default="static,pervade,naive",
+        help="e2e: which of static,pervade,naive run (--churn adds pervade under churn)",
     )
     parser.add_argument(
         "--naive", default="fast,from_pretrained", help="e2e: naive runs by model loader"
