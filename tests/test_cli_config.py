@@ -99,3 +99,23 @@ def test_a_context_that_cannot_be_built_anywhere_stops_the_run(
     assert code == 2
     assert "failed to build on every worker" in printed and "cannot build cli-broken" in printed
     assert (tmp_path / "out" / "results.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize(("dispatch", "quantum"), [({}, 24), ({"task_quantum": 5}, 5)])
+def test_a_model_job_sizes_tasks_in_whole_engine_batches_unless_told_otherwise(
+    tmp_path: Path, dispatch: dict[str, int], quantum: int
+) -> None:
+    from pervade.cli.plan import build_plan
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text(json.dumps({"id": "c1", "claim": "x", "evidence": "y"}) + "\n")
+    sections = {
+        "job": {"input": str(claims)},
+        "model": {"path": str(model), "batch_size": 24},
+        "dispatch": dispatch,
+    }
+    plan = build_plan(sections, tmp_path, lambda _text: None)
+    assert plan.job.dispatch.task_quantum == quantum

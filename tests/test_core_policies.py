@@ -101,6 +101,23 @@ def test_without_adaptive_sizing_every_task_takes_the_users_batch() -> None:
     assert {n for s in pool.sizes.values() for n in s} == {7}
 
 
+def test_tasks_come_in_whole_device_batches_and_only_the_last_is_part_full() -> None:
+    d = Dispatcher(DispatchConfig(task_quantum=16, speculate=False))
+    pool = Pool(d, {"w1": 3.0, "w2": 5.0})
+    start(d, pool, {"w1": "a", "w2": "a"}, 1000)
+    pool.run()
+    sizes = [n for run in pool.decisions if isinstance(run, RunTask) for n in [len(run.items)]]
+    assert sum(sizes) == 1000
+    assert all(n % 16 == 0 for n in sizes[:-1]) and 0 < sizes[-1] <= 1000
+    assert sum(1 for n in sizes if n % 16) <= 1
+    # Without the quantum the same run hands out sizes that are not whole batches.
+    plain = Dispatcher(DispatchConfig(speculate=False))
+    other = Pool(plain, {"w1": 3.0, "w2": 5.0})
+    start(plain, other, {"w1": "a", "w2": "a"}, 1000)
+    other.run()
+    assert sum(1 for run in other.decisions if isinstance(run, RunTask) and len(run.items) % 16) > 1
+
+
 def test_a_class_that_loses_workers_gets_shorter_tasks() -> None:
     hazard = Hazard()
     for k in range(10):

@@ -94,6 +94,9 @@ def build_plan(
         raise ConfigError("job.input, job.output, job.errors and job.journal must all differ")
 
     context = _context(sections, base, status)
+    if context.loader == ENGINE_LOADER and "task_quantum" not in sections.get("dispatch", {}):
+        # Tasks in whole engine batches (see DispatchConfig.task_quantum).
+        dispatch = dataclasses.replace(dispatch, task_quantum=context.args["batch_size"])
     job = Job(context, function, options, dispatch, name)
     return Plan(job, input_path, parse, output, errors, journal, cluster, app)
 

@@ -33,6 +33,10 @@ class DispatchConfig:
     prefetch: busy workers stage the artifacts of other waiting contexts in the background.
     task_overhead: seconds one task costs beyond its items (dispatch, batching, writing
         results): what adaptive sizing weighs against the work an eviction loses.
+    task_quantum: items one device batch holds (an engine's rows per forward pass). Sized
+        tasks are rounded up to whole multiples of it, so only the backlog's last task runs
+        a part-empty batch: a batch of 40 rows costs a GPU about what one of 128 does. A
+        [model] job sets it to the model's batch_size; 1 leaves sizes as they are.
     """
 
     max_in_flight: int = 2
@@ -46,6 +50,7 @@ class DispatchConfig:
     speculate: bool = True
     prefetch: bool = True
     task_overhead: float = 0.5
+    task_quantum: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,6 +60,7 @@ class DispatchConfig:
             "tasks_per_slot",
             "max_failures",
             "max_load_failures",
+            "task_quantum",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

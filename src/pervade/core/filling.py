@@ -276,7 +276,7 @@ class Placement:
             # The fixed rule: the backlog split evenly over all slots, a few tasks each.
             slots = max(1, len(self._roster)) * config.max_in_flight
             share = math.ceil(self.pending / (slots * config.tasks_per_slot))
-            return max(low, min(high, FIXED_RULE_MAX, share))
+            return self._whole_batches(max(low, min(high, FIXED_RULE_MAX, share)), pending)
         # The workers the backlog will be shared with: warm ones and those building the
         # context (at the start of a run most are still building; counting only the first
         # warm one would hand it most of the job).
@@ -293,9 +293,19 @@ class Placement:
             self.hazard.mean_seconds(worker.gpu_class, now),
         )
         start = config.task_items or START_ITEMS
-        return adaptive_size(
+        size = adaptive_size(
             inputs, config.task_overhead, config.tasks_per_slot, start, (low, high)
         )
+        return self._whole_batches(size, pending)
+
+    def _whole_batches(self, size: int, pending: int) -> int:
+        """`size` rounded up to whole device batches (`task_quantum`), within the backlog
+        and max_task_items."""
+        quantum = self.config.task_quantum
+        if quantum <= 1 or size % quantum == 0:
+            return size
+        rounded = -(-size // quantum) * quantum
+        return max(size, min(rounded, pending, self.config.max_task_items))
 
     def _track(self, task: Task, worker: WorkerState) -> RunTask:
         self._tasks[task.id] = task

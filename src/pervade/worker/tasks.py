@@ -41,12 +41,14 @@ SLICES = 4
 
 
 def slice_size(items: int, value: Any) -> int:
-    """Items per slice: a quarter of the task, never fewer than one device batch of the
-    context (`value.batch_size`, an engine's rows per forward pass), so that slicing never
-    leaves the device's batches part empty."""
+    """Items per slice: a quarter of the task in whole device batches of the context
+    (`value.batch_size`, an engine's rows per forward pass), so that only a task's last
+    slice can leave a batch part empty."""
     batch = getattr(value, "batch_size", None)
-    floor = max(MIN_SLICE, batch) if isinstance(batch, int) and batch > 0 else MIN_SLICE
-    return max(floor, -(-items // SLICES))
+    quarter = max(MIN_SLICE, -(-items // SLICES))
+    if not isinstance(batch, int) or batch <= 0:
+        return quarter
+    return -(-quarter // batch) * batch
 
 
 @dataclass
