@@ -12,6 +12,7 @@ safetensors shards) with a word-level tokenizer of the claims' words (one word, 
   worker process per GPU (1, and 2 where 2 GPUs are visible), with empty DISK and HOST caches
   at the start: the wall time includes staging the model from its origin folder and loading
   it. Workers have imported torch and transformers before the clock starts (the forkserver).
+  Each worker claims a GPU of its own (`pervade.worker.gpus`); the table says which.
   `--staged`: the node's HOST cache holds the model before the run; `--dispatch k=v,...`:
   the job's [dispatch] settings (e.g. min_task_items=512).
 - naive: plain Dask tasks (client.submit) on the same cluster of 1 worker, tasks of
@@ -27,7 +28,6 @@ safetensors shards) with a word-level tokenizer of the claims' words (one word, 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
 import math
@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from distributed import WorkerPlugin
 
 from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS, FactVerification
 from pervade.engines.device import pick_device, pick_dtype
@@ -98,32 +97,6 @@ def plain_engine(model: str, batch_size: int, max_batch_tokens: int) -> HFEngine
     engine = HFEngine(loaded, tokenizer, device, batch_size, max_batch_tokens)
     engine.load_seconds = time.perf_counter() - began
     return engine
-
-
-class GpuPin(WorkerPlugin):
-    """A Dask worker plugin: with several GPUs, each worker process takes the first GPU no
-    other live worker holds (a lock file per GPU, released when the process dies), so that a
-    replaced worker takes its predecessor's GPU."""
-
-    name = "pervade-bench-gpu-pin"
-
-    def setup(self, worker: Any) -> None:
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count < 2:
-            return
-        for index in range(count):
-            fd = os.open(
-                f"{tempfile.gettempdir()}/pervade-e2e-gpu{index}.lock", os.O_CREAT | os.O_RDWR
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._held = fd  # kept open for the process's life
-            torch.cuda.set_device(index)
-            return
-        torch.cuda.set_device(os.getpid() % count)
 
 
 def add_arguments(parser: Any) -> None:
@@ -261,7 +234,6 @@ class Runner:
         began = time.perf_counter()
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(connect(None, workers, preload=preload))
-            client.register_plugin(GpuPin())
             initial = workers
             if churn is not None:
                 harness = stack.enter_context(ChurnHarness(client.cluster, client, churn, workers))
@@ -293,6 +265,9 @@ class Runner:
                 client, plan.job, plan.input, plan.parse, plan.output, plan.errors, plan.journal
             )
             wall = time.perf_counter() - began
+            gpus = sorted(
+                str(g) for g in client.run(os.environ.get, "CUDA_VISIBLE_DEVICES").values()
+            )
         results = [json.loads(line) for line in plan.output.read_text().splitlines()]
         name = f"pervade{label}, {workers} worker(s)"
         if self.staged:
@@ -303,7 +278,7 @@ class Runner:
         way.notes.append(
             f"{stats.tasks} tasks, {stats.context_loads} context load(s) ({loads};"
             f" {stats.load_seconds:.1f} s summed), {stats.infer_seconds:.1f} s in batch"
-            f" functions, goodput {stats.goodput.share:.0%}"
+            f" functions, goodput {stats.goodput.share:.0%}; workers' GPUs {'/'.join(gpus)}"
         )
         if churn is not None:
             way.notes.append(
@@ -456,4 +431,4 @@ def report(
     bench.say()
 
 
-__all__ = ["GpuPin", "add_arguments", "naive_task", "section"]
+__all__ = ["add_arguments", "naive_task", "section"]

@@ -12,6 +12,7 @@ from pervade.core.states import ContextState
 from pervade.storage.cache import ArtifactCache
 from pervade.storage.host import host_cache
 from pervade.worker.context_host import ContextHost, LoadInfo
+from pervade.worker.gpus import CLAIM
 from pervade.worker.holders import DaskRemote
 from pervade.worker.peer import locate_first, locate_in, register_handlers, unregister_handlers
 from pervade.worker.residency import configured_budget
@@ -61,6 +62,8 @@ class ContextHostPlugin(WorkerPlugin):
         self.device_memory = device_memory
 
     def setup(self, worker: Any) -> None:
+        # First: CUDA must not be initialized before this process knows its GPU.
+        CLAIM.take()
         address = str(worker.address)
 
         def notify(

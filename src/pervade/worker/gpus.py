@@ -1,0 +1,103 @@
+"""One GPU per worker process on a node with several.
+
+A batch system that gives each worker job its own GPU says so in CUDA_VISIBLE_DEVICES (one
+device): nothing to do. The worker processes of a local cluster all see every GPU of the
+node, and would all compute on the first one. Each such process claims the first GPU that
+no other live worker of the node holds (a lock file per GPU, released by the kernel when
+the process dies, so a replacement takes its predecessor's GPU) and narrows
+CUDA_VISIBLE_DEVICES to it. CUDA reads that variable once, when it initializes in the
+process, so the claim must come before anything touches CUDA: the worker plugin makes it
+first thing. GPUs are counted through NVML (`torch.cuda.device_count`), which does not
+initialize CUDA.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+LOCKS_ENV = "PERVADE_GPU_LOCKS"
+
+
+class GpuClaim:
+    """This process's claim on one of the node's GPUs; the lock is held while it lives."""
+
+    def __init__(self) -> None:
+        self.gpu: str | None = None
+        self._fd: int | None = None
+
+    def take(self, lock_dir: Path | None = None) -> str | None:
+        """Claim a GPU and narrow CUDA_VISIBLE_DEVICES to it; the GPU's id, or None when
+        there is nothing to choose (one GPU or none, or CUDA already in use here)."""
+        if self.gpu is not None:
+            return self.gpu
+        gpus = visible_gpus()
+        if len(gpus) < 2:
+            return None
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            logger.warning(
+                "pervade: CUDA was initialized in this worker before it could claim one of "
+                "GPUs %s; it uses CUDA's current device, which other workers may share",
+                ",".join(gpus),
+            )
+            return None
+        folder = lock_dir or default_lock_dir()
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for gpu in gpus:
+            fd = os.open(folder / f"gpu-{_safe(gpu)}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._fd = fd  # open for the life of the claim: closing it frees the GPU
+            return self._narrow(gpu)
+        # More workers than GPUs: share them, spread by process id.
+        gpu = gpus[os.getpid() % len(gpus)]
+        logger.warning("pervade: every GPU of this node has a worker; this one shares GPU %s", gpu)
+        return self._narrow(gpu)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self.gpu = None
+
+    def _narrow(self, gpu: str) -> str:
+        os.environ[VISIBLE_ENV] = gpu
+        self.gpu = gpu
+        return gpu
+
+
+def visible_gpus() -> list[str]:
+    """The ids of the GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or
+    their indices), without initializing CUDA."""
+    listed = os.environ.get(VISIBLE_ENV)
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    torch = sys.modules.get("torch")  # a worker without torch has no GPU for us to place
+    if torch is None:
+        return []
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def default_lock_dir() -> Path:
+    """`$PERVADE_GPU_LOCKS`, else a per-user folder in /tmp (node-local, like the GPUs)."""
+    explicit = os.environ.get(LOCKS_ENV)
+    return Path(explicit) if explicit else Path("/tmp") / f"pervade-{os.getuid()}" / "gpus"
+
+
+def _safe(gpu: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", gpu)
+
+
+# The claim of this worker process.
+CLAIM = GpuClaim()

@@ -1,0 +1,75 @@
+"""Worker processes of one node spread over its GPUs, one each, before CUDA starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pervade.worker.gpus import VISIBLE_ENV, GpuClaim, visible_gpus
+
+
+def claim(monkeypatch: pytest.MonkeyPatch, locks: Path, visible: str) -> GpuClaim:
+    """A claim as a fresh worker process of the node makes it (each has its own env)."""
+    monkeypatch.setenv(VISIBLE_ENV, visible)
+    made = GpuClaim()
+    made.take(locks)
+    return made
+
+
+def test_each_worker_takes_a_gpu_no_live_worker_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = claim(monkeypatch, tmp_path, "3,5")
+    assert first.gpu == "3"
+    second = claim(monkeypatch, tmp_path, "3,5")
+    assert second.gpu == "5"
+    assert os.environ[VISIBLE_ENV] == "5"  # narrowed: CUDA will see one device, its own
+    # The first worker dies: its lock goes with it, and its replacement takes its GPU.
+    first.release()
+    replacement = claim(monkeypatch, tmp_path, "3,5")
+    assert replacement.gpu == "3"
+    # A claim is made once per process.
+    assert replacement.take(tmp_path) == "3"
+
+
+def test_more_workers_than_gpus_share_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = [claim(monkeypatch, tmp_path, "0,1") for _ in range(2)]
+    assert sorted(c.gpu or "" for c in held) == ["0", "1"]
+    with caplog.at_level(logging.WARNING):
+        extra = claim(monkeypatch, tmp_path, "0,1")
+    assert extra.gpu in ("0", "1") and "shares GPU" in caplog.text
+
+
+def test_one_visible_gpu_is_left_as_the_batch_system_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = claim(monkeypatch, tmp_path, "2")
+    assert alone.gpu is None
+    assert os.environ[VISIBLE_ENV] == "2" and not list(tmp_path.iterdir())
+
+
+def test_no_claim_once_cuda_is_running_in_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    with caplog.at_level(logging.WARNING):
+        late = claim(monkeypatch, tmp_path, "0,1")
+    assert late.gpu is None and "initialized" in caplog.text
+    assert os.environ[VISIBLE_ENV] == "0,1"
+
+
+def test_gpus_are_counted_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(VISIBLE_ENV, raising=False)
+    fake = SimpleNamespace(cuda=SimpleNamespace(device_count=lambda: 3))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert visible_gpus() == ["0", "1", "2"]
+    monkeypatch.setenv(VISIBLE_ENV, "")  # the batch system gave no GPU
+    assert visible_gpus() == []
