@@ -99,6 +99,12 @@ def plain_engine(model: str, batch_size: int, max_batch_tokens: int) -> HFEngine
     return engine
 
 
+def visible_devices() -> str | None:
+    """The GPUs a worker process sees. (By reference: `os.environ.get` itself would be
+    pickled with the driver's environment and read that.)"""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def add_arguments(parser: Any) -> None:
     """bench/gpu.py's options for this section."""
     parser.add_argument("--items", type=int, default=50_000, help="e2e: claims (--tiny: 300)")
@@ -265,9 +271,7 @@ class Runner:
                 client, plan.job, plan.input, plan.parse, plan.output, plan.errors, plan.journal
             )
             wall = time.perf_counter() - began
-            gpus = sorted(
-                str(g) for g in client.run(os.environ.get, "CUDA_VISIBLE_DEVICES").values()
-            )
+            gpus = sorted(str(g) for g in client.run(visible_devices).values())
         results = [json.loads(line) for line in plan.output.read_text().splitlines()]
         name = f"pervade{label}, {workers} worker(s)"
         if self.staged:
@@ -431,4 +435,4 @@ def report(
     bench.say()
 
 
-__all__ = ["add_arguments", "naive_task", "section"]
+__all__ = ["add_arguments", "naive_task", "section", "visible_devices"]
