@@ -73,3 +73,58 @@ def test_gpus_are_counted_without_the_variable(monkeypatch: pytest.MonkeyPatch) 
     assert visible_gpus() == ["0", "1", "2"]
     monkeypatch.setenv(VISIBLE_ENV, "")  # the batch system gave no GPU
     assert visible_gpus() == []
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_the_run_learns_each_workers_gpu_class_from_its_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distributed import Client, LocalCluster
+
+    import pervade
+    from pervade.reports.summary import summary_rows
+    from pervade.runtime.stats import RunStats
+    from pervade.worker.gpus import CLASS_ENV
+    from tests.helpers import workloads
+
+    monkeypatch.setenv(CLASS_ENV, "test-gpu-40gb")  # worker processes inherit it
+    seen: list[RunStats] = []
+    context = pervade.context(workloads.process_context, args={"tag": "classes"})
+    items = [(f"g{n}", {"n": n}) for n in range(20)]
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(2)
+        results = list(
+            pervade.map(
+                workloads.describe, items, context=context, client=client, observer=seen.append
+            )
+        )
+    assert len(results) == 20 and all(r.ok for r in results)
+    stats = seen[-1]
+    # Both workers said so once they built the context (one or both did: 20 items may
+    # all go to the first warm one).
+    assert set(stats.gpu_classes) == {"test-gpu-40gb"}
+    assert 1 <= stats.gpu_classes["test-gpu-40gb"] <= 2
+    rows = dict(summary_rows(stats, 1.0, None, {}))
+    assert "test-gpu-40gb" in rows["GPUs"]
+
+
+def test_the_gpu_class_is_unknown_until_cuda_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pervade.worker.gpus import CLASS_ENV, gpu_class
+
+    monkeypatch.delenv(CLASS_ENV, raising=False)
+    idle = SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setitem(sys.modules, "torch", idle)
+    assert gpu_class() == ""
+    running = SimpleNamespace(
+        cuda=SimpleNamespace(
+            is_initialized=lambda: True, get_device_name=lambda: "NVIDIA H100 80GB HBM3"
+        )
+    )
+    monkeypatch.setitem(sys.modules, "torch", running)
+    assert gpu_class() == "nvidia-h100-80gb-hbm3"
+    monkeypatch.setenv(CLASS_ENV, "a100-80gb")  # the batch system's own name wins
+    assert gpu_class() == "a100-80gb"

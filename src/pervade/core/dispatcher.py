@@ -23,6 +23,7 @@ from pervade.core.events import (
     ItemsSubmitted,
     TaskFailed,
     TaskFinished,
+    WorkerClassified,
     WorkerDraining,
     WorkerJoined,
     WorkerLeft,
@@ -119,6 +120,12 @@ class Dispatcher(Placement):
                     self.advisor.joined(worker, now)
                     if live:
                         self.advisor.ready(worker, now)
+            case WorkerClassified(worker=worker, gpu_class=gpu_class):
+                found = self._roster.get(worker)
+                if found is not None and found.gpu_class != gpu_class:
+                    self.hazard.moved(found.gpu_class, gpu_class, found.joined)
+                    self.rates.joined(worker, gpu_class)
+                    found.gpu_class = gpu_class
             case WorkerLeft(worker=worker):
                 decisions += self._worker_left(worker, now)
             case WorkerDraining(worker=worker, grace_seconds=grace):

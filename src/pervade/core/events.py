@@ -25,6 +25,15 @@ class WorkerJoined:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerClassified:
+    """The worker said what device it runs on, after it joined (a worker knows its GPU only
+    once it has claimed one). Its speed estimate and eviction exposure move to the class."""
+
+    worker: str
+    gpu_class: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerLeft:
     worker: str
 
@@ -85,6 +94,7 @@ class TaskFailed:
 Event = (
     ItemsSubmitted
     | WorkerJoined
+    | WorkerClassified
     | WorkerLeft
     | WorkerDraining
     | ContextStateChanged

@@ -44,6 +44,14 @@ class Hazard:
         if lost:
             self._losses[gpu_class] = self._losses.get(gpu_class, 0) + 1
 
+    def moved(self, old: str, new: str, joined: float) -> None:
+        """A worker of class `old`, here since `joined`, turned out to be of class `new`:
+        its time so far counts for `new`."""
+        self._open_count[old] = self._open_count.get(old, 1) - 1
+        self._open_since[old] = self._open_since.get(old, joined) - joined
+        self._open_count[new] = self._open_count.get(new, 0) + 1
+        self._open_since[new] = self._open_since.get(new, 0.0) + joined
+
     def _exposure(self, gpu_class: str, now: float) -> float:
         open_seconds = self._open_count.get(gpu_class, 0) * now - self._open_since.get(
             gpu_class, 0.0

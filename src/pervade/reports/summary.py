@@ -41,6 +41,9 @@ def summary_rows(
                 f"{stats.infer_seconds:.1f} s inferring ({100 * stats.infer_seconds / busy:.0f}%)",
             )
         )
+    if stats.gpu_classes:
+        kinds = ", ".join(f"{n} x {name}" for name, n in sorted(stats.gpu_classes.items()))
+        rows.append(("GPUs", f"workers by device: {kinds}"))
     if stats.prefetches or stats.staged:
         rows.append(
             (

@@ -37,6 +37,7 @@ from pervade.core import (
     StageContext,
     TaskFailed,
     TaskFinished,
+    WorkerClassified,
     WorkerDraining,
     WorkerJoined,
     WorkerLeft,
@@ -88,6 +89,7 @@ class Driver:
         self._futures: dict[str, Future[TaskReport]] = {}
         self._workers: set[str] = set()
         self._states: dict[tuple[str, str], ContextState] = {}
+        self._classes: dict[str, str] = {}  # each worker's GPU class, once it said
         self._last_load_error = ""
         self._polled = False
         self._loads: dict[tuple[str, str], Future[float]] = {}
@@ -221,6 +223,7 @@ class Driver:
             for key in [k for k in self._loads if k[0] == worker]:
                 self._loads.pop(key).cancel()
             self._stages.left(worker)
+            self._classes.pop(worker, None)
             for key in [k for k in self._states if k[0] == worker]:
                 del self._states[key]
             self._handle(WorkerLeft(worker))
@@ -232,6 +235,12 @@ class Driver:
             state = ContextState(message["state"])
             if worker not in self._workers:
                 return
+            named = message.get("gpu_class") or ""
+            if named and self._classes.get(worker) != named:
+                if worker not in self._classes:
+                    self.stats.gpu_classes[named] += 1
+                self._classes[worker] = named
+                self._handle(WorkerClassified(worker, named))
             self._states[(worker, context)] = state
             key = (worker, context)
             staging = key in self._stages and key not in self._loads

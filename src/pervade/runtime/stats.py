@@ -36,6 +36,7 @@ class RunStats:
     copies: int = 0  # speculative copies of slow tail tasks
     copies_won: int = 0  # copies that finished before their original
     advice: str = ""  # the dispatcher's latest scaling advice, in words
+    gpu_classes: Counter[str] = field(default_factory=Counter)  # workers of the run, by GPU
     elapsed: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=deque, repr=False)
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 LOCKS_ENV = "PERVADE_GPU_LOCKS"
+CLASS_ENV = "PERVADE_GPU_CLASS"
 
 
 class GpuClaim:
@@ -87,6 +88,25 @@ def visible_gpus() -> list[str]:
     if torch is None:
         return []
     return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def gpu_class() -> str:
+    """The kind of device this worker computes on, for the dispatcher's per-class speed
+    and eviction hazard: `$PERVADE_GPU_CLASS` when set (a batch system can pass its own
+    name for the machine's GPU), else the CUDA device's name once CUDA runs in this process
+    ("nvidia-h100-80gb-hbm3"), else "" (not known yet, or no GPU). Asking never starts
+    CUDA: before the first context is built, the claim above must come first."""
+    explicit = os.environ.get(CLASS_ENV, "").strip()
+    if explicit:
+        return explicit
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return ""
+    try:
+        name = str(torch.cuda.get_device_name())
+    except Exception:  # a broken device: its context host reports that on its own
+        return ""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
 
 
 def default_lock_dir() -> Path:

@@ -12,7 +12,7 @@ from pervade.core.states import ContextState
 from pervade.storage.cache import ArtifactCache
 from pervade.storage.host import host_cache
 from pervade.worker.context_host import ContextHost, LoadInfo
-from pervade.worker.gpus import CLAIM
+from pervade.worker.gpus import CLAIM, gpu_class
 from pervade.worker.holders import DaskRemote
 from pervade.worker.peer import locate_first, locate_in, register_handlers, unregister_handlers
 from pervade.worker.residency import configured_budget
@@ -74,6 +74,8 @@ class ContextHostPlugin(WorkerPlugin):
                 "context": context,
                 "state": state.value,
                 "load_seconds": seconds,
+                # Known once CUDA runs here, so from the first build on.
+                "gpu_class": gpu_class(),
             }
             if load is not None:
                 message["tier"] = None if load.tier is None else load.tier.value
