@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import math
 import random
-import re
 import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +42,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
+import gpu_decode  # noqa: E402
 import gpu_e2e  # noqa: E402
+from gpu_text import arrivals, word_tokenizer, words  # noqa: E402
 from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS  # noqa: E402
 from pervade.engines.fast_choose import TwoPassScorer  # noqa: E402
 from pervade.engines.fast_generate import FastGenerator  # noqa: E402
-from pervade.engines.hf import HFEngine, _eos_ids  # noqa: E402
+from pervade.engines.hf import HFEngine  # noqa: E402
 
 
 def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
@@ -219,80 +219,7 @@ class Bench:
         self.table(head, table)
 
     def generate(self) -> None:
-        width, new = (16, 8) if self.tiny else (256, 64)
-        tokenizer = word_tokenizer([f"w{i}" for i in range(self.words)])
-        rows_list = [4, 8] if self.tiny else [64, 256]
-        table: list[list[str]] = []
-        agree: list[str] = []
-        notes: list[str] = []
-        for rows in rows_list:
-            engine = self.engine(tokenizer, batch_size=rows, max_batch_tokens=rows * (width + new))
-            prompts = self.prompts(rows, width, seed=rows)
-            speeds: dict[str, float] = {}
-            ids = torch.tensor(tokenizer(prompts)["input_ids"], device=self.device)
-            mask = torch.ones_like(ids)
-
-            @torch.inference_mode()
-            def plain(n: int, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> Any:
-                greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-                return self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=n, pad_token_id=0, **greedy
-                )
-
-            def pervade(n: int, engine: HFEngine = engine, prompts: list[str] = prompts) -> Any:
-                return engine.generate(prompts, max_new_tokens=n)
-
-            paths: list[tuple[str, Callable[[int], Any]]] = [
-                ("plain model.generate", plain),
-                ("pervade HFEngine.generate", pervade),
-            ]
-            for name, run in paths:
-                whole, first, second = (
-                    self.timed(functools.partial(run, n), repeat=2) for n in (new, 1, 2)
-                )
-                step = (whole - second) / (new - 2)
-                kv = rows * (width + new / 2) * self.kv_bytes_per_token()  # the mean context
-                floor = (self.weight_bytes + kv) / self.bandwidth
-                speeds[name] = rows * new / whole
-                cells = [f"{speeds[name]:,.0f}", f"{first:.2f}", f"{(second - first) * 1e3:.0f}"]
-                cells += [f"{step * 1e3:.1f}", f"{rows / step:,.0f}", f"{floor * 1e3:.1f}"]
-                table.append([name, str(rows), *cells, f"{floor / step:.0%}"])
-            # The card's bound: prefill's matrix products at the matmul ceiling (the output
-            # layer for the last position only), then every decode step at its floor.
-            prefill = 2 * self.matmul_params * rows * width / (self.ceiling_tflops * 1e12)
-            bound = rows * new / (prefill + (new - 1) * floor)
-            ratio = speeds["pervade HFEngine.generate"] / speeds["plain model.generate"]
-            notes.append(
-                f"- batch {rows}: pervade / plain new tokens/s = {ratio:.2f}x; the card's bound"
-                f" is {bound:,.0f} new tokens/s = {bound / speeds['plain model.generate']:.2f}x"
-                f" plain (prefill alone {prefill:.2f} s at the matmul ceiling)"
-            )
-            # Greedy tokens of the same batch, plain against pervade's path, in this dtype.
-            reference = plain(new)[:, width:]
-            fast = FastGenerator(self.model).generate(
-                ids, mask, new, 0, _eos_ids(engine.tokenizer, self.model)
-            )
-            assert fast is not None, "the fast path declined"
-            half = plain(new, ids[: rows // 2], mask[: rows // 2])[:, width:]  # a control
-            agree.append(
-                f"batch {rows}: {_agreement(fast, reference):.1%} (plain on half the batch"
-                f" against plain on all of it: {_agreement(half, reference[: rows // 2]):.1%})"
-            )
-        self.say(f"### generate: greedy, {width}-token prompts, {new} new tokens")
-        head = "path,batch,new tokens/s,s to 1st token,2nd token ms,decode step ms,decode tokens/s"
-        head += ",step floor ms"
-        self.table([*head.split(","), "floor / step"], table)
-        for note in notes:
-            self.say(note)
-        self.say(
-            f"- greedy tokens equal to plain generate's up to a row's first difference"
-            f" ({self.dtype}, mean over rows): {'; '.join(agree)}\n"
-            "- 2nd token: time for 2 new tokens less time for 1 (pervade: graph capture"
-            f" included). Decode step: (time for {new} new tokens - time for 2) / {new - 2}."
-            " Step floor: weights plus the keys and values of the mean context, read once at"
-            " the measured copy rate (bytes read + written per second); pervade's static cache"
-            " also reads its not yet written columns, masked.\n"
-        )
+        gpu_decode.generate(self)
 
     def lengths(self) -> None:
         from gen_claims import make_claim
@@ -331,34 +258,7 @@ class Bench:
 
     def agree(self) -> None:
         """Greedy tokens, pervade's path against model.generate, in float32 at a real shape."""
-        self.model = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # the first model's memory, for this one
-        model = self.build("1b", torch.float32)
-        rows, new = (6, 8) if self.tiny else (64, 32)
-        gen = torch.Generator().manual_seed(5)
-        lengths = torch.randint(1, 17 if self.tiny else 257, (rows,), generator=gen)
-        width = int(lengths.max())
-        ids = torch.randint(2, self.words, (rows, width), generator=gen)
-        mask = (torch.arange(width)[None, :] >= width - lengths[:, None]).long()
-        ids, mask = (ids * mask).to(self.device), mask.to(self.device)  # left padding, id 0
-        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with torch.inference_mode():
-            reference = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=new, pad_token_id=0, **greedy
-            )[:, width:]
-        fast = FastGenerator(model).generate(ids, mask, new, 0, set())
-        assert fast is not None, "the fast path declined"
-        rows_equal = int((fast[:, : reference.shape[1]] == reference).all(dim=1).sum())
-        self.say(
-            f"### Greedy agreement, float32, Llama-3.2-1B shape: {rows} left-padded prompts of"
-            f" {int(lengths.min())} to {width} tokens, {new} new tokens\n"
-        )
-        cells = [f"{rows_equal} of {rows}", f"{_agreement(fast, reference):.2%}"]
-        self.table(
-            ["rows equal to model.generate's", "tokens equal up to a row's first difference"],
-            [cells],
-        )
+        gpu_decode.agree(self)
 
     def load(self) -> None:
         import gpu_load
@@ -373,35 +273,6 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         gpu_e2e.section(self, word_tokenizer, words)
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]+", text)
-
-
-def word_tokenizer(vocab: list[str]) -> Any:
-    """One token a word (and a run of punctuation); id 0 pads, id 1 ends."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {"<pad>": 0, "<eos>": 1} | {w: i + 2 for i, w in enumerate(vocab)}
-    raw = Tokenizer(models.WordLevel(ids, unk_token="<pad>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast: Any = PreTrainedTokenizerFast
-    return fast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
-
-
-def arrivals(engine: HFEngine) -> Callable[[list[int], list[int]], Iterator[list[int]]]:
-    """Batches of the engine's size in arrival order (its token limit binds nowhere here)."""
-    size = engine.batch_size
-    return lambda indices, _lengths: (indices[i : i + size] for i in range(0, len(indices), size))
-
-
-def _agreement(tokens: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean share of a row's tokens equal to the reference's up to the first difference."""
-    n = min(tokens.shape[1], reference.shape[1])
-    same = (tokens[:, :n] == reference[:, :n]).cumprod(dim=1).sum(dim=1)
-    return float(same.float().mean()) / reference.shape[1]
 
 
 def main(argv: list[str] | None = None) -> int:

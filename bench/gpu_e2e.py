@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import math
 import os
 import random
 import shutil
@@ -38,17 +37,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpu_e2e_report import Way, report
 from pervade.apps.fact_verification.app import BUNDLED_TEMPLATE, LABELS, FactVerification
 from pervade.engines.device import pick_device, pick_dtype
 from pervade.engines.hf import HFEngine, load_engine
 
-REFERENCE_REDUCTIONS = (72.1, 98.1)  # naive -> pervasive context management, as published
 _START = time.perf_counter()
 
 
@@ -129,23 +127,6 @@ def add_arguments(parser: Any) -> None:
 
 
 # -- the section -------------------------------------------------------------------------
-
-
-@dataclass
-class Way:
-    name: str
-    workers: int
-    items: int
-    wall: float
-    tokens: int
-    notes: list[str] = field(default_factory=list)
-    verdicts: dict[str, str] = field(default_factory=dict)
-    stats: Any = None
-    task_seconds: list[float] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.items / self.wall
 
 
 def claims(count: int) -> tuple[list[dict[str, str]], list[str]]:
@@ -229,13 +210,13 @@ class Runner:
         for cache in (self.work / "disk", self.shm / "host"):
             shutil.rmtree(cache, ignore_errors=True)  # every run starts with empty caches
         if stage:  # the node holds the model already (a HOST entry, as gpu_load seeds one)
-            import gpu_load
+            import gpu_host_entry
             from pervade.core.context import Artifact
 
             if self.digest is None:
-                self.digest = gpu_load.digest_folder(self.folder)
+                self.digest = gpu_host_entry.digest_folder(self.folder)
             model = Artifact("model", str(self.folder.resolve()), self.digest[0])
-            gpu_load.seed_host(self.shm / "host", model, self.folder, self.digest[1])
+            gpu_host_entry.seed_host(self.shm / "host", model, self.folder, self.digest[1])
         preload = ["pervade.engines.hf", "pervade.apps.llm", "gpu_e2e"]
         began = time.perf_counter()
         with contextlib.ExitStack() as stack:
@@ -369,70 +350,6 @@ def section(bench: Any, tokenizer_of: Callable[[list[str]], Any], words: Any) ->
     finally:
         runner.close()
         report(bench, ways, count, size, shape, batch, naive_full)
-
-
-def report(
-    bench: Any,
-    ways: list[Way],
-    count: int,
-    size: int,
-    shape: str,
-    batch: int,
-    naive_full: dict[str, float],
-) -> None:
-    if not ways:
-        return
-    ideal = next((w for w in ways if w.name.startswith("static")), None)
-    bench.say(
-        f"### e2e: fact verification, {count} synthetic claims (bench/gen_claims.py), Llama"
-        f" {shape} shape ({size / 1e9:.2f} GB, random weights), word-level tokens,"
-        f" engine batches of {batch}\n"
-    )
-    head = ["way", "workers", "items", "wall s", "items/s", "prompt tokens/s", "items/s / static"]
-    rows = []
-    for way in ways:
-        cells = [way.name, str(way.workers), str(way.items), f"{way.wall:.1f}"]
-        cells += [f"{way.rate:,.1f}", f"{way.tokens / way.wall:,.0f}"]
-        cells += [f"{way.rate / ideal.rate:.2f}" if ideal else "-"]
-        rows.append([*cells, "; ".join(way.notes)])
-    bench.table([*head, "notes"], rows)
-    lines = []
-    by_name = {w.name: w for w in ways}
-    one = next((w for w in ways if w.name.startswith("pervade,") and w.workers == 1), None)
-    if one is not None and ideal is not None:
-        ratio = one.rate / ideal.rate
-        verdict = "met" if ratio >= 0.9 else "not met"
-        lines.append(f"- pervade / static ideal items/s: {ratio:.2f} (target >= 0.9: {verdict})")
-        same = sum(one.verdicts.get(k) == v for k, v in ideal.verdicts.items())
-        same /= max(1, len(ideal.verdicts))
-        lines.append(
-            f"- verdicts of pervade equal to the static ideal's: {same:.1%}"
-            " (bf16 random weights: near-ties flip with batch composition)"
-        )
-    if one is not None:
-        ref = " and ".join(f"{r}%" for r in REFERENCE_REDUCTIONS)
-        for name, full in naive_full.items() if one.items == count else ():
-            lines.append(
-                f"- {name} / pervade wall time: {full:.1f} s / {one.wall:.1f} s ="
-                f" {full / one.wall:.2f}x, a {100 * (1 - one.wall / full):.1f}% reduction (the"
-                f" reference published {ref}); naive's full run extrapolated from"
-                f" {by_name[name].items} items timed"
-            )
-    two = next((w for w in ways if w.name.startswith("pervade,") and w.workers == 2), None)
-    if one is not None and two is not None:
-        lines.append(f"- scaling, 2 workers (one GPU each): {two.rate / (2 * one.rate):.0%}")
-    churned = next((w for w in ways if "churn" in w.name), None)
-    if churned is not None and churned.stats is not None:
-        share = churned.stats.goodput.share
-        verdict = "met" if share >= 0.8 else "not met"
-        lines.append(
-            f"- goodput under churn `{bench.args.churn}`: {share:.0%} (target >= 80% at mtbe"
-            f" 300 s: {verdict}); wall {churned.wall / one.wall if one else math.nan:.2f}x"
-            " the run without churn"
-        )
-    for line in lines:
-        bench.say(line)
-    bench.say()
 
 
 __all__ = ["add_arguments", "naive_task", "section", "visible_devices"]

@@ -32,175 +32,28 @@ import argparse
 import contextlib
 import gc
 import hashlib
-import json
 import os
 import platform
 import shutil
-import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
-from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-import pervade
-from pervade.core.config import DispatchConfig
 from pervade.core.items import Item
-from pervade.core.states import ContextState
 from pervade.engines.bundled import BundledModelError, cache_dir, ensure_smollm2
 from pervade.engines.device import pick_device, pick_dtype
 from pervade.engines.fast_load import load_causal_lm, weight_files
-from pervade.worker.plugin import STATE_TOPIC
 
 sys.path.insert(0, str(Path(__file__).parent))
-import workloads
-
-GB = 1e9
-SHARD_BYTES = 5 * 10**9  # what Hugging Face's save_pretrained makes by default
-
-
-def llama3(hidden: int, layers: int, intermediate: int, tied: bool, rope: float) -> dict[str, Any]:
-    """A Llama 3 config: 32 heads, 8 KV heads, 128256-token vocabulary, llama3 rope scaling."""
-    scaling = {"rope_type": "llama3", "factor": rope, "low_freq_factor": 1.0}
-    scaling |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    return {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": intermediate,
-        "vocab_size": 128256,
-        "tie_word_embeddings": tied,
-        "rope_theta": 500000.0,
-        "rope_scaling": scaling,
-        "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 131072,
-    }
-
-
-SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B
-    "1b": llama3(2048, 16, 8192, tied=True, rope=32.0),
-    "8b": llama3(4096, 32, 14336, tied=False, rope=8.0),
-}
-
-
-# -- the random-weight model ------------------------------------------------------------
-
-
-def make_model(shape: str, root: Path, device: torch.device) -> Path:
-    """A random bf16 model of `shape` in `root`, made once (reused while complete)."""
-    folder = root / f"llama-{shape}-shape-random"
-    done = folder / ".complete"
-    if done.is_file() and done.read_text() == json.dumps(SHAPES[shape], sort_keys=True):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    config = LlamaConfig(**SHAPES[shape])
-    config.dtype = torch.bfloat16
-    with init_empty_weights(include_buffers=False):
-        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    names = [
-        (n, p.shape)
-        for n, p in skeleton.named_parameters(remove_duplicate=False)
-        if not (config.tie_word_embeddings and n == "lm_head.weight")  # saved once, as HF does
-    ]
-    generator = torch.Generator(device).manual_seed(0)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    held = 0
-    weight_map: dict[str, str] = {}
-    files: list[str] = []
-
-    def flush() -> None:
-        name = f"model-{len(files) + 1:05d}.safetensors"
-        save_file(shards[-1], folder / name, metadata={"format": "pt"})
-        files.append(name)
-        weight_map.update(dict.fromkeys(shards[-1], name))
-        shards[-1] = {}
-
-    for name, size in names:
-        # Made directly in bf16 on the device, one tensor at a time: no fp32 copy of the model.
-        tensor = torch.empty(size, dtype=torch.bfloat16, device=device)
-        if name.endswith("norm.weight"):
-            tensor.fill_(1.0)
-        else:
-            tensor.normal_(0.0, 0.02, generator=generator)
-        nbytes = tensor.numel() * tensor.element_size()
-        if held and held + nbytes > SHARD_BYTES:
-            flush()
-            held = 0
-        shards[-1][name] = tensor.cpu()
-        held += nbytes
-    flush()
-    if len(files) == 1:
-        (folder / files[0]).rename(folder / "model.safetensors")
-    else:
-        total = sum((folder / f).stat().st_size for f in files)
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config.save_pretrained(folder)
-    done.write_text(json.dumps(SHAPES[shape], sort_keys=True))
-    return folder
-
-
-# -- page cache ---------------------------------------------------------------------------
-
-
-def drop_pages(files: list[Path]) -> None:
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def read_rate(path: Path, size: int = 64 << 20) -> float:
-    """GB/s of one read of `size` bytes from the middle of `path`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        length = min(size, os.fstat(fd).st_size)
-        start = (os.fstat(fd).st_size - length) // 2
-        buffer = bytearray(length)
-        began = time.perf_counter()
-        os.preadv(fd, [buffer], start)
-        return length / (time.perf_counter() - began) / GB
-    finally:
-        os.close(fd)
-
-
-def make_cold(files: list[Path]) -> float:
-    """Drop the files' pages; the GB/s of a sample read after, to tell if the kernel did."""
-    drop_pages(files)
-    rate = read_rate(max(files, key=lambda f: f.stat().st_size))
-    drop_pages(files)  # the sample itself is cached now
-    return rate
-
-
-def cold_note(rates: list[float], warm: float) -> str:
-    """Pages count as dropped when a sample read ran at less than half the warm rate."""
-    kept = sum(rate > 0.5 * warm for rate in rates)
-    span = f"{min(rates):.1f}-{max(rates):.1f} GB/s"
-    if kept:
-        return f"KEPT by the kernel in {kept} of {len(rates)} runs (sample reads {span})"
-    return f"dropped (sample reads {span})"
-
-
-def make_warm(files: list[Path]) -> None:
-    for path in files:
-        with open(path, "rb") as f:
-            while f.read(64 << 20):
-                pass
-
+from tiers_files import GB, SHAPES, cold_note, make_cold, make_model, make_warm, read_rate
+from tiers_origin import origin_table
 
 # -- table 1 ------------------------------------------------------------------------------
 
@@ -328,119 +181,11 @@ def load_rows(
 # -- table 2 ------------------------------------------------------------------------------
 
 
+# The workers import the job as "tiers:hold" (tiers_origin.py), so it stays in this module.
 def hold(_engine: Any, items: Sequence[Item], seconds: float) -> list[str]:
     """Table 2's job: keeps its worker busy `seconds` an item (imported by the workers)."""
     time.sleep(seconds * len(items))
     return [item.id for item in items]
-
-
-def start_cluster(envs: list[dict[str, str]]) -> Any:
-    """N single-threaded worker processes; a LocalCluster where they share one environment,
-    else the same nannies from a SpecCluster, each with its own."""
-    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
-
-    if all(env == envs[0] for env in envs):
-        return LocalCluster(
-            n_workers=len(envs),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            env=envs[0],
-        )
-    return SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-        workers={
-            i: {"cls": Nanny, "options": {"nthreads": 1, "env": env}} for i, env in enumerate(envs)
-        },
-    )
-
-
-def origin_row(
-    workers: int, context: pervade.ContextSpec, host_root: Path, size: int, shared: bool
-) -> str:
-    from distributed import Client
-
-    from pervade.runtime.cluster import worker_environment
-
-    with (
-        tempfile.TemporaryDirectory(prefix="pervade-tiers-") as tmp,
-        tempfile.TemporaryDirectory(prefix="pervade-tiers-host-", dir=host_root) as host,
-    ):
-        envs = []
-        for i in range(workers):
-            env = {str(k): str(v) for k, v in worker_environment(workers).items()}
-            where = "node" if shared else f"node{i}"
-            env["PERVADE_ARTIFACT_CACHE"] = str(Path(tmp) / where / "disk")
-            env["PERVADE_HOST_CACHE"] = str(Path(host) / where / "host")
-            envs.append(env)
-        journal = Path(tmp) / "journal.sqlite"
-        # Tasks of one item that keep a worker busy for a second: a backlog of 16 s for each
-        # worker, more than a cold build costs, so that every worker builds the context.
-        dispatch = DispatchConfig(min_task_items=1, max_task_items=1, max_in_flight=1)
-        items = [(f"i{i}", {"n": i}) for i in range(16 * workers)]
-        with start_cluster(envs) as cluster, Client(cluster) as client:
-            client.wait_for_workers(workers)
-            client.run(workloads.warm_imports)
-            began = time.perf_counter()
-            done = sum(
-                1
-                for _ in pervade.map(
-                    "tiers:hold",
-                    items,
-                    context=context,
-                    options={"seconds": 1.0},
-                    client=client,
-                    dispatch=dispatch,
-                    journal=journal,
-                )
-            )
-            seconds = time.perf_counter() - began
-            # Every state change the workers reported, prefetches (STAGED) included: the
-            # journal records the loads that made a context warm, not the prefetches.
-            reports = [m for _, m in client.get_events(STATE_TOPIC) if "tier" in m]
-        with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-            loads = db.execute("SELECT worker, tier, bytes FROM context_loads").fetchall()
-    if done != len(items):
-        raise RuntimeError(f"{workers} workers: {done} of {len(items)} items came back")
-    origin_loads = sum(int(b) for _, tier, b in loads if tier == "origin")
-    origin = sum(int(m.get("bytes") or 0) for m in reports if m["tier"] == "origin")
-    if origin < origin_loads:
-        raise RuntimeError("the workers reported fewer origin bytes than the journal holds")
-    mix = ", ".join(f"{t} {n}" for t, n in sorted(Counter(str(t) for _, t, _ in loads).items()))
-    staged = [m for m in reports if m["state"] == ContextState.STAGED.value]
-    if staged:
-        mix += "; prefetched: " + ", ".join(
-            f"{t} {n}" for t, n in sorted(Counter(str(m["tier"]) for m in staged).items())
-        )
-    caches = "one, shared" if shared else "one per worker"
-    return (
-        f"| {workers} | {caches} | {len({w for w, _, _ in loads})} | {origin / GB:.3f} |"
-        f" {origin / size:.2f}x | {mix} | {seconds:.1f} |"
-    )
-
-
-def origin_table(
-    counts: list[int], name: str, folder: Path, device: str, host_root: Path
-) -> list[str]:
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    context = pervade.llm(str(folder), device=device)
-    out = [
-        f'Origin: the folder of the {name}, {size / GB:.3f} GB (all its files). Caches "one,'
-        ' shared": the workers share one DISK and one HOST cache directory, as the processes'
-        ' of one node do; "one per worker": each has its own, as on separate nodes. Target'
-        " for 8 workers: origin bytes <= 1.1x the model.",
-        "",
-        "| workers | DISK/HOST caches | workers that loaded | origin GB | origin / model |"
-        " where loads found the model | seconds |",
-        "| ---: | --- | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for n in counts:
-        for shared in (True, False):
-            if n == 1 and not shared:
-                continue  # the same thing
-            out.append(origin_row(n, context, host_root, size, shared))
-            print(out[-1], flush=True)
-    return out
 
 
 def machine(device: torch.device) -> str:
