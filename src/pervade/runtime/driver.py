@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from distributed import Client, Future, WorkerPlugin
+from distributed import Client, Future
 
 from pervade.core import (
     Abort,
@@ -50,7 +50,7 @@ from pervade.runtime.driver_config import RunAborted as RunAborted  # re-exporte
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem
 from pervade.runtime.job import Job
-from pervade.runtime.membership import worker_addresses
+from pervade.runtime.membership import register_plugin, worker_addresses
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.prefetching import Answer, Prefetches
@@ -102,8 +102,8 @@ class Driver:
         """Run to the end, yielding each batch of newly accepted outcomes."""
         self._started = time.monotonic()
         run_started = self.journal.start_run(self._run)
-        self._register(ContextHostPlugin())
-        self._register(EvictionPlugin(self.config.grace_seconds))
+        register_plugin(self.client, ContextHostPlugin())
+        register_plugin(self.client, EvictionPlugin(self.config.grace_seconds))
         self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
         self.client.subscribe_topic(DRAIN_TOPIC, partial(self._put, "drain"))
         finished = self.journal.finished_ids()
@@ -140,19 +140,6 @@ class Driver:
             self.stats.rerun_items = self.journal.rerun_items(since=run_started)
             self._observe()
             self.journal.end_run(self._run, self.stats.accounts())
-
-    def _register(self, plugin: WorkerPlugin, attempts: int = 5) -> None:
-        """Register a worker plugin, again if a worker died while it was sent round: the
-        scheduler keeps it for workers that join later, and registering it again replaces
-        it where it arrived (context hosts survive that)."""
-        for attempt in range(attempts):
-            try:
-                self.client.register_plugin(plugin)
-                return
-            except OSError:  # CommClosedError and the like: a worker went mid-broadcast
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
 
     def _now(self) -> float:
         return time.monotonic() - self._started

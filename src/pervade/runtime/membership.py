@@ -1,4 +1,4 @@
-"""Which workers the scheduler has now, asked afresh.
+"""Which workers the scheduler has now, asked afresh; plugins for all of them, now and later.
 
 `Client.scheduler_info()` answers from a cache that the client's own periodic callback also
 refreshes, without the per-worker part; a call that lands between the two sees no workers
@@ -8,9 +8,10 @@ the scheduler directly returns this call's own answer.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from distributed import Client
+from distributed import Client, WorkerPlugin
 
 
 def worker_addresses(client: Client) -> set[str]:
@@ -20,3 +21,17 @@ def worker_addresses(client: Client) -> set[str]:
         return set()
     info: dict[str, Any] = client.sync(scheduler.identity, n_workers=-1)
     return set(info["workers"])
+
+
+def register_plugin(client: Client, plugin: WorkerPlugin, attempts: int = 5) -> None:
+    """Register a worker plugin, again if a worker died while it was sent round: the
+    scheduler keeps it for workers that join later, and registering it again replaces
+    it where it arrived (context hosts survive that)."""
+    for attempt in range(attempts):
+        try:
+            client.register_plugin(plugin)
+            return
+        except OSError:  # CommClosedError and the like: a worker went mid-broadcast
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
