@@ -9,6 +9,9 @@ Two kinds of schedule (`pervade.core.churn`, `pervade.core.availability`):
 - a trace: the pool follows the trace scaled to `workers`. An eviction shrinks it (SIGKILL
   with the nanny told not to restart, or SIGTERM and a drain), a join grows it with a new
   worker; the pool may be empty for a while, and the driver then waits for workers.
+
+Either way a new worker never starts while a drained one is still leaving: on one node the
+two would share a GPU.
 """
 
 from __future__ import annotations
@@ -181,6 +184,14 @@ class ChurnHarness:
             if nanny.status not in _GONE and nanny.worker_address not in self._signalled
         ]
 
+    def _leaving(self) -> int:
+        """Workers told to leave (SIGTERM) whose process still runs its drain."""
+        return sum(
+            1
+            for nanny in self.cluster.workers.values()
+            if nanny.worker_address in self._signalled and nanny.status not in _GONE
+        )
+
     def _starting(self) -> int:
         return len(set(self.cluster.worker_spec) - set(self.cluster.workers))
 
@@ -208,6 +219,10 @@ class ChurnHarness:
                 # Forget it, or the cluster would start it again under its old name.
                 self.cluster.worker_spec.pop(name, None)
         missing = self._target - len(self._pool()) - self._starting() - len(self._gaps)
+        # A drained worker holds its slot (its GPU, its cores) until its process is gone, as
+        # on a real node: a newcomer started beside it would share its GPU for the rest of
+        # the run. The wait is the drain, at most the grace period.
+        missing -= self._leaving()
         for _ in range(missing):
             # Fresh names: the cluster may still hold a closed nanny under an old one.
             self._added += 1
