@@ -259,6 +259,8 @@ class Runner:
             name += ", model staged in HOST"
         way = Way(name, workers, len(results), wall, stats.tokens, stats=stats)
         way.verdicts = {r["id"]: r["verdict"] for r in results}
+        if len(way.verdicts) != len(results):  # the journal accepts each item once: say so
+            way.notes.append(f"{len(results) - len(way.verdicts)} DUPLICATE results")
         loads = ", ".join(f"{t} {n}" for t, n in sorted(stats.load_tiers.items()))
         way.notes.append(
             f"{stats.tasks} tasks, {stats.context_loads} context load(s) ({loads};"

@@ -81,9 +81,14 @@ def report(
     if churned is not None and churned.stats is not None:
         share = churned.stats.goodput.share
         verdict = "met" if share >= 0.8 else "not met"
+        # Compare with the run without churn on the same number of workers.
+        calm = next(
+            (w for w in ways if w.name.startswith("pervade,") and w.workers == churned.workers),
+            None,
+        )
         lines.append(
             f"- goodput under churn `{bench.args.churn}`: {share:.0%} (target >= 80% at mtbe"
-            f" 300 s: {verdict}); wall {churned.wall / one.wall if one else math.nan:.2f}x"
+            f" 300 s: {verdict}); wall {churned.wall / calm.wall if calm else math.nan:.2f}x"
             " the run without churn"
         )
     for line in lines:
