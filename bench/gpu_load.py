@@ -301,7 +301,8 @@ def workers(bench: Any, spec: ContextSpec, shm: Path, work: Path, size: int, res
         bench.say(
             "- seconds: from submitting the task to its result (the tokenizer, engine and"
             " result included); GB/s: weight bytes over those seconds. Staging: the tier's copy"
-            " (B: the pull into its DISK cache, sha256 checked, then the copy into HOST)."
+            " (B: the pull into its HOST cache, sha256 checked; its DISK copy is written"
+            " behind the load)."
             " Weights to device: HFEngine's fast load from the HOST entry.\n"
             f"- B's pull (its worker's log): {'; '.join(pulled) or 'not logged'}\n"
         )
