@@ -95,6 +95,18 @@ def test_the_slurm_job_script_execs_the_worker_and_asks_for_the_notice(
     assert "--nthreads 1" in command and "--nanny" in command
 
 
+def test_a_job_of_several_gpus_runs_a_worker_on_each(closing: list[Any]) -> None:
+    # A worker computes on one GPU; a job given four would leave three idle.
+    cluster = slurm_cluster(BatchConfig(cores=8, memory="64GB", gpus=4))
+    closing.append(cluster)
+    lines = cluster.job_script().splitlines()
+    assert "#SBATCH --gres=gpu:4" in lines and "#SBATCH --cpus-per-task=8" in lines
+    assert "export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2" in lines
+    command = lines[-1]
+    assert "--nworkers 4" in command and "--nthreads 1" in command
+    assert "--memory-limit 14.90GiB" in command  # 64 GB in four
+
+
 def test_without_a_walltime_the_partition_default_applies(closing: list[Any]) -> None:
     cluster = slurm_cluster(BatchConfig())
     closing.append(cluster)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pervade.worker.gpus import VISIBLE_ENV, GpuClaim, visible_gpus
+from pervade.worker.gpus import LOCKS_ENV, VISIBLE_ENV, GpuClaim, default_lock_dir, visible_gpus
 
 
 def claim(monkeypatch: pytest.MonkeyPatch, locks: Path, visible: str) -> GpuClaim:
@@ -128,3 +128,18 @@ def test_the_gpu_class_is_unknown_until_cuda_runs(monkeypatch: pytest.MonkeyPatc
     assert gpu_class() == "nvidia-h100-80gb-hbm3"
     monkeypatch.setenv(CLASS_ENV, "a100-80gb")  # the batch system's own name wins
     assert gpu_class() == "a100-80gb"
+
+
+def test_each_batch_job_claims_in_its_own_lock_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Slurm and HTCondor number a job's GPUs from 0 when they confine it to them: GPU 0 of
+    # two jobs on a node are two GPUs, and one job's lock must not push the other aside.
+    for name in (LOCKS_ENV, "_CONDOR_SCRATCH_DIR", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    mine = Path("/tmp") / f"pervade-{os.getuid()}"
+    assert default_lock_dir() == mine / "gpus"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert default_lock_dir() == mine / "gpus-slurm-4242"
+    monkeypatch.setenv("_CONDOR_SCRATCH_DIR", "/var/lib/condor/execute/dir_77")
+    assert default_lock_dir() == Path("/var/lib/condor/execute/dir_77/.pervade-gpus")
+    monkeypatch.setenv(LOCKS_ENV, "/scratch/locks")
+    assert default_lock_dir() == Path("/scratch/locks")

@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(plan: Plan, console: Console, quiet: bool) -> int:
     where = plan.cluster.scheduler or f"a local Dask cluster of {plan.cluster.workers} workers"
     if plan.cluster.batch is not None:
-        where = f"{plan.cluster.batch.jobs} Slurm worker jobs"
+        batch = plan.cluster.batch
+        where = f"{batch.jobs} Slurm worker jobs"
+        if batch.workers_per_job > 1:
+            where += f" of {batch.workers_per_job} workers each (one per GPU)"
     console.print(f"Running {plan.job.name} over {plan.input} on {where}", markup=False)
     started = time.monotonic()
     view = ProgressView(sys.stderr, plain_every=0 if quiet else 10.0)

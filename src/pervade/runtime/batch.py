@@ -45,11 +45,12 @@ logger = logging.getLogger(__name__)
 class BatchConfig:
     """Worker jobs of a batch system; the field names are the job file's [cluster] keys.
 
-    jobs: worker jobs kept queued or running (one Dask worker each).
+    jobs: worker jobs kept queued or running.
     partition: Slurm partition (None: the site's default).
     walltime: job time limit in Slurm's format (None: the partition's default).
-    cores / memory / gpus: what each job asks for; the worker uses one thread and gives
-        the cores to the model's threads.
+    cores / memory / gpus: what each job asks for. A job runs one Dask worker per GPU (one
+        without GPUs), each on its own GPU with one Dask thread; the workers share the
+        job's cores and memory evenly, the cores going to the model's threads.
     directives: further `#SBATCH` options, each as on the sbatch command line.
     grace_seconds: the time the batch system gives between its notice and the kill.
     """
@@ -103,6 +104,16 @@ class BatchConfig:
     def grace_whole_seconds(self) -> int:
         return math.ceil(self.grace_seconds)
 
+    @property
+    def workers_per_job(self) -> int:
+        """One worker per GPU: a worker computes on one GPU, so a job of several GPUs runs
+        several workers (each claims its own, `pervade.worker.gpus`)."""
+        return max(1, self.gpus)
+
+    @property
+    def cores_per_worker(self) -> int:
+        return max(1, self.cores // self.workers_per_job)
+
 
 def worker_prologue(cores: int) -> list[str]:
     """Job-script lines before the worker starts: the model's threads get the job's cores.
@@ -125,14 +136,16 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 
 
 def _common(config: BatchConfig, dashboard: bool) -> dict[str, Any]:
+    workers = config.workers_per_job
     return {
-        "cores": 1,  # Dask threads: one task at a time, like the local cluster's workers
-        "processes": 1,
-        "memory": config.memory,
+        # Dask threads: one task at a time per worker, like the local cluster's workers.
+        "cores": workers,
+        "processes": workers,
+        "memory": config.memory,  # dask-jobqueue splits it among the job's workers
         # `exec` makes the worker's nanny the job's process, so the notice reaches it.
         "python": f"exec {config.python}",
         "job_name": JOB_NAME,
-        "job_script_prologue": worker_prologue(config.cores),
+        "job_script_prologue": worker_prologue(config.cores_per_worker),
         "worker_extra_args": ["--no-dashboard"],
         "scheduler_options": {"dashboard_address": ":8787" if dashboard else ":0"},
     }

@@ -110,9 +110,18 @@ def gpu_class() -> str:
 
 
 def default_lock_dir() -> Path:
-    """`$PERVADE_GPU_LOCKS`, else a per-user folder in /tmp (node-local, like the GPUs)."""
+    """`$PERVADE_GPU_LOCKS`, else a per-user folder in /tmp (node-local, like the GPUs), one
+    per batch job: a batch system that confines a job to its GPUs numbers them from 0 in
+    every job, so GPU 0 of two jobs on one node are two different GPUs."""
     explicit = os.environ.get(LOCKS_ENV)
-    return Path(explicit) if explicit else Path("/tmp") / f"pervade-{os.getuid()}" / "gpus"
+    if explicit:
+        return Path(explicit)
+    scratch = os.environ.get("_CONDOR_SCRATCH_DIR")  # HTCondor: the job's own sandbox
+    if scratch:
+        return Path(scratch) / ".pervade-gpus"
+    mine = Path("/tmp") / f"pervade-{os.getuid()}"
+    job = os.environ.get("SLURM_JOB_ID")
+    return mine / f"gpus-slurm-{_safe(job)}" if job else mine / "gpus"
 
 
 def _safe(gpu: str) -> str:
