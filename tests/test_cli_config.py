@@ -119,3 +119,32 @@ def test_a_model_job_sizes_tasks_in_whole_engine_batches_unless_told_otherwise(
     }
     plan = build_plan(sections, tmp_path, lambda _text: None)
     assert plan.job.dispatch.task_quantum == quantum
+
+
+@pytest.mark.parametrize(
+    ("visible", "cluster", "workers"),
+    [
+        ("0,1,2", {}, 3),  # one worker per GPU: a second one would hold a second model copy
+        ("3", {}, 1),
+        ("", {}, 2),  # no GPU: two CPU workers
+        ("0,-1,2", {}, 1),  # CUDA reads up to the first negative entry
+        ("0,1,2", {"workers": 5}, 5),  # the user's count wins
+        ("0,1,2", {"kind": "slurm"}, 2),  # worker jobs: this machine's GPUs say nothing
+        ("0,1,2", {"scheduler": "tcp://h:8786"}, 2),
+    ],
+)
+def test_a_local_cluster_gets_one_worker_per_gpu_by_default(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    visible: str,
+    cluster: dict[str, object],
+    workers: int,
+) -> None:
+    from pervade.cli.jobfile import load_job_file
+    from pervade.cli.plan import build_plan
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    sections = load_job_file(generic_job(tmp_path, items=2))
+    sections["cluster"] = dict(cluster)  # the helper's job file names 2 workers: not here
+    plan = build_plan(sections, tmp_path, lambda _text: None)
+    assert plan.cluster.workers == workers

@@ -10,7 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from pervade.worker.gpus import LOCKS_ENV, VISIBLE_ENV, GpuClaim, default_lock_dir, visible_gpus
+from pervade.worker.gpus import (
+    LOCKS_ENV,
+    VISIBLE_ENV,
+    GpuClaim,
+    default_lock_dir,
+    node_gpus,
+    visible_gpus,
+)
 
 
 def claim(monkeypatch: pytest.MonkeyPatch, locks: Path, visible: str) -> GpuClaim:
@@ -143,3 +150,17 @@ def test_each_batch_job_claims_in_its_own_lock_folder(monkeypatch: pytest.Monkey
     assert default_lock_dir() == Path("/var/lib/condor/execute/dir_77/.pervade-gpus")
     monkeypatch.setenv(LOCKS_ENV, "/scratch/locks")
     assert default_lock_dir() == Path("/scratch/locks")
+
+
+def test_node_gpus_counts_what_the_driver_lists_without_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(VISIBLE_ENV, raising=False)
+    listing = tmp_path / "gpus"
+    assert node_gpus(listing) == 0  # no NVIDIA driver
+    listing.mkdir()
+    for bus in ("0000:18:00.0", "0000:2a:00.0"):
+        (listing / bus).mkdir()
+    assert node_gpus(listing) == 2
+    monkeypatch.setenv(VISIBLE_ENV, "1")  # the batch system's choice comes first
+    assert node_gpus(listing) == 1

@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="prompts per forward pass")
     run.add_argument("--template", help="prompt template file")
     run.add_argument(
-        "--workers", type=int, help="worker processes of the local cluster, or worker jobs"
+        "--workers",
+        type=int,
+        help="worker processes of the local cluster (default: one per GPU, 2 without GPUs), "
+        "or worker jobs (default 2)",
     )
     run.add_argument("--scheduler", help="address of an existing Dask scheduler to use instead")
     run.add_argument(

@@ -31,6 +31,7 @@ from pervade.runtime.inputs import Parser
 from pervade.runtime.job import Job
 from pervade.runtime.output import errors_path_for
 from pervade.traces import load_churn
+from pervade.worker.gpus import node_gpus
 from pervade.worker.imports import ImportPathError, resolve_import
 
 APPS = ("fact-verification",)
@@ -169,8 +170,17 @@ def _path(section: dict[str, Any], key: str, base: Path, default: Path | None, w
     return default
 
 
+# Local workers when the job file and the command line name none, on a machine without GPUs.
+CPU_WORKERS = 2
+
+
 def _cluster(section: dict[str, Any]) -> ClusterPlan:
-    workers = typed(section, "workers", int, 2, "cluster")
+    workers = typed(section, "workers", int, None, "cluster")
+    if workers is None:
+        # A local cluster gets one worker per GPU of this machine: a second worker on a GPU
+        # would hold a second copy of the model there. Worker jobs are counted by the user.
+        local = section.get("kind", "local") == "local" and not section.get("scheduler")
+        workers = (node_gpus() if local else 0) or CPU_WORKERS
     if workers < 1:
         raise ConfigError(f"cluster.workers must be at least 1, got {workers}")
     scheduler = typed(section, "scheduler", str, None, "cluster") or None

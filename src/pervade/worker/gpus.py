@@ -90,6 +90,24 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
+def node_gpus(driver_listing: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """How many GPUs the workers started here may use, counted without torch or CUDA: those
+    CUDA_VISIBLE_DEVICES names (up to its first negative entry, where CUDA stops reading),
+    else those the NVIDIA driver lists."""
+    listed = os.environ.get(VISIBLE_ENV)
+    if listed is not None:
+        count = 0
+        for gpu in (entry.strip() for entry in listed.split(",")):
+            if not gpu or gpu.startswith("-"):
+                break
+            count += 1
+        return count
+    try:
+        return sum(1 for _ in driver_listing.iterdir())
+    except OSError:  # no NVIDIA driver on this machine
+        return 0
+
+
 def gpu_class() -> str:
     """The kind of device this worker computes on, for the dispatcher's per-class speed
     and eviction hazard: `$PERVADE_GPU_CLASS` when set (a batch system can pass its own
