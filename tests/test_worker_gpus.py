@@ -62,6 +62,16 @@ def test_one_visible_gpu_is_left_as_the_batch_system_set_it(
     assert os.environ[VISIBLE_ENV] == "2" and not list(tmp_path.iterdir())
 
 
+def test_gpus_after_a_negative_entry_are_not_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CUDA reads CUDA_VISIBLE_DEVICES up to its first negative entry: "0,-1,2" is GPU 0 only,
+    # and a claim of "-1" would hide every GPU from the worker.
+    alone = claim(monkeypatch, tmp_path, "0,-1,2")
+    assert alone.gpu is None and os.environ[VISIBLE_ENV] == "0,-1,2"
+    assert visible_gpus() == ["0"] and node_gpus(tmp_path / "none") == 1
+
+
 def test_no_claim_once_cuda_is_running_in_the_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -83,7 +83,7 @@ def visible_gpus() -> list[str]:
     their indices), without initializing CUDA."""
     listed = os.environ.get(VISIBLE_ENV)
     if listed is not None:
-        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+        return _listed(listed)
     torch = sys.modules.get("torch")  # a worker without torch has no GPU for us to place
     if torch is None:
         return []
@@ -92,16 +92,10 @@ def visible_gpus() -> list[str]:
 
 def node_gpus(driver_listing: Path = Path("/proc/driver/nvidia/gpus")) -> int:
     """How many GPUs the workers started here may use, counted without torch or CUDA: those
-    CUDA_VISIBLE_DEVICES names (up to its first negative entry, where CUDA stops reading),
-    else those the NVIDIA driver lists."""
+    CUDA_VISIBLE_DEVICES names, else those the NVIDIA driver lists."""
     listed = os.environ.get(VISIBLE_ENV)
     if listed is not None:
-        count = 0
-        for gpu in (entry.strip() for entry in listed.split(",")):
-            if not gpu or gpu.startswith("-"):
-                break
-            count += 1
-        return count
+        return len(_listed(listed))
     try:
         return sum(1 for _ in driver_listing.iterdir())
     except OSError:  # no NVIDIA driver on this machine
@@ -140,6 +134,17 @@ def default_lock_dir() -> Path:
     mine = Path("/tmp") / f"pervade-{os.getuid()}"
     job = os.environ.get("SLURM_JOB_ID")
     return mine / f"gpus-slurm-{_safe(job)}" if job else mine / "gpus"
+
+
+def _listed(visible: str) -> list[str]:
+    """The devices a CUDA_VISIBLE_DEVICES value names, as CUDA reads it: up to its first
+    empty or negative entry ("-1" hides every GPU)."""
+    gpus: list[str] = []
+    for gpu in (entry.strip() for entry in visible.split(",")):
+        if not gpu or gpu.startswith("-"):
+            break
+        gpus.append(gpu)
+    return gpus
 
 
 def _safe(gpu: str) -> str:
