@@ -15,6 +15,7 @@ from distributed.utils import get_mp_context
 from pervade.core.availability import Churn
 from pervade.runtime.batch import LOST_WORKER_TIMEOUT, BatchConfig, SlurmJobKeeper, slurm_cluster
 from pervade.runtime.churn import ChurnHarness
+from pervade.runtime.membership import register_plugin
 from pervade.worker.nanny import NannyDrainPlugin
 
 
@@ -117,7 +118,7 @@ def _preload_forkserver(modules: Sequence[str]) -> None:
 def register_nanny_drain(client: Client, grace_seconds: float) -> None:
     """Make SIGTERM to the nanny of a `dask worker` process drain its worker (see
     pervade.worker.nanny); nannies of a LocalCluster leave it unused."""
-    client.register_plugin(NannyDrainPlugin(grace_seconds))
+    register_plugin(client, NannyDrainPlugin(grace_seconds))
 
 
 @contextmanager

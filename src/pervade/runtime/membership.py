@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from distributed import Client, WorkerPlugin
+from distributed import Client, NannyPlugin, WorkerPlugin
 
 
 def worker_addresses(client: Client) -> set[str]:
@@ -23,9 +23,9 @@ def worker_addresses(client: Client) -> set[str]:
     return set(info["workers"])
 
 
-def register_plugin(client: Client, plugin: WorkerPlugin, attempts: int = 5) -> None:
-    """Register a worker plugin, again if a worker died while it was sent round: the
-    scheduler keeps it for workers that join later, and registering it again replaces
+def register_plugin(client: Client, plugin: WorkerPlugin | NannyPlugin, attempts: int = 5) -> None:
+    """Register a worker or nanny plugin, again if a worker died while it was sent round:
+    the scheduler keeps it for workers that join later, and registering it again replaces
     it where it arrived (context hosts survive that)."""
     for attempt in range(attempts):
         try:
