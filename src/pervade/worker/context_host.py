@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from pervade.worker.residency import files_bytes, footprint
 from pervade.worker.staging import Remote, StagingChain
 
 logger = logging.getLogger(__name__)
+
+STARTED_TASKS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,9 @@ class ContextHost:
         # Set when this worker has been told it will be evicted: tasks hand back what they
         # have not started instead of running it.
         self.draining = threading.Event()
-        self.tasks_running = 0  # tasks inside use(): what a drain waits for
+        # Dask keys of the latest tasks to start here, newest last: a drain waits until Dask
+        # holds each one's result. Bounded, since a worker runs only a few tasks at a time.
+        self.started_tasks: deque[Hashable] = deque(maxlen=STARTED_TASKS_KEPT)
 
     def states(self) -> dict[str, ContextState]:
         with self._guard:
@@ -138,11 +143,9 @@ class ContextHost:
         with entry.lock:
             seconds = self._ensure(entry)
             self._set(entry, ContextState.BUSY, use=True)
-            self.tasks_running += 1
             try:
                 yield entry.value, seconds
             finally:
-                self.tasks_running -= 1
                 entry.last_used = time.monotonic()
                 self._set(entry, ContextState.WARM, use=True)
 

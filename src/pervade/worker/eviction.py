@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -21,6 +22,18 @@ DRAIN_TOPIC = "pervade-drain"
 PLUGIN_NAME = "pervade-eviction"
 
 logger = logging.getLogger(__name__)
+
+
+# Dask's states of a task whose function has not yet returned its result to the worker.
+_RUNNING = frozenset({"executing", "long-running"})
+
+
+def computing(worker: Any, keys: Iterable[Hashable]) -> bool:
+    """Whether any of the tasks `keys` still runs on `worker`, as Dask sees it."""
+    tasks = worker.state.tasks
+    return any(
+        (task := tasks.get(key)) is not None and task.state in _RUNNING for key in list(keys)
+    )
 
 
 class EvictionPlugin(WorkerPlugin):
@@ -57,11 +70,13 @@ class EvictionPlugin(WorkerPlugin):
         host = context_host(worker)
         host.draining.set()
         worker.log_event(DRAIN_TOPIC, {"worker": worker.address, "grace": self.grace_seconds})
-        # Wait for the task that is computing items (it stops at its next slice); a context
-        # build in progress holds no finished work, so it is not waited for. A fifth of the
-        # grace period is kept for handing results over and closing.
+        # Wait for the tasks that are computing items (each stops at its next slice) until
+        # Dask holds their reports: a function that has returned is not yet a result the
+        # driver can collect. A load task (a context build alone) holds no finished work:
+        # not waited for. A fifth of the grace period is kept for handing results over and
+        # closing.
         deadline = loop.time() + 0.8 * self.grace_seconds
-        while host.tasks_running and loop.time() < deadline:
+        while computing(worker, host.started_tasks) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         # Then for the driver to collect the reports (it lets go of each once it has it), so
         # that nothing finished depends on the hand-over below, which a loaded machine can

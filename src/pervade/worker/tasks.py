@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed import get_worker
+
 from pervade.core.context import ContextSpec
 from pervade.core.items import Item, TaskOutputs
 from pervade.worker.faults import Fault, classify, describe, release_memory
@@ -97,6 +99,9 @@ def run_task(
     items: Sequence[Item],
 ) -> TaskReport:
     host = context_host()
+    # Recorded before the drain check: a drain that starts after this line sees the task and
+    # waits for its report, and one that started before it is seen here.
+    host.started_tasks.append(get_worker().get_current_task())
     if host.draining.is_set():
         return TaskReport((), 0.0, 0.0, 0, tuple(item.id for item in items))
     batch_function = resolve_import(function) if isinstance(function, str) else function
@@ -108,7 +113,8 @@ def run_task(
     with host.use(spec) as (value, load_seconds):
         size = slice_size(len(items), value)
         for start in range(0, len(items), size):
-            if start and host.draining.is_set():
+            # A task that waited for its context while a drain began runs nothing either.
+            if host.draining.is_set():
                 stopped_at = start
                 break
             part = items[start : start + size]
