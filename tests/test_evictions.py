@@ -12,10 +12,13 @@ from pathlib import Path
 
 import dask
 import pytest
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
 
 import pervade
 from pervade import DispatchConfig
+from pervade.runtime.cluster import TTL_CHECK_SECONDS, WORKER_TTL, connect
+from pervade.runtime.membership import worker_addresses
 from pervade.runtime.stats import RunStats
 from tests.helpers import workloads
 
@@ -26,7 +29,7 @@ SMALL_TASKS = DispatchConfig(min_task_items=4, max_task_items=4)
 
 @pytest.fixture
 def client() -> Iterator[Client]:
-    # A frozen worker must be declared gone quickly in tests; pervade's default is 30 s.
+    # A frozen worker must be declared gone quickly in tests; pervade's clusters take 15-20 s.
     with (
         dask.config.set({"distributed.scheduler.worker-ttl": "4s"}),
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
@@ -107,6 +110,26 @@ def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Cl
     stats, seconds = _freeze_one(client, no_copies)
     assert stats.requeued > 0
     assert seconds < 120
+
+
+def test_a_cluster_pervade_starts_declares_a_frozen_worker_gone_within_30_seconds() -> None:
+    with connect(workers=2) as cluster_client:
+        cluster_client.wait_for_workers(2)
+        address, pid = sorted(_worker_pids(cluster_client).items())[0]
+        os.kill(pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            while address in worker_addresses(cluster_client):
+                assert time.monotonic() - frozen < 60, "the frozen worker was never dropped"
+                time.sleep(0.2)
+            gone = time.monotonic() - frozen
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert gone <= 30
+    # Dropped at the first check after the TTL (checked every second, not once per TTL,
+    # which could take twice the TTL), then killed by its nanny within 4 s.
+    assert gone < parse_timedelta(WORKER_TTL) + TTL_CHECK_SECONDS + 5
 
 
 def test_tail_copies_finish_a_frozen_workers_tasks_before_it_is_declared_gone(

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
@@ -34,9 +35,44 @@ def worker_environment(workers: int, cores: int | None = None) -> dict[str, int]
     }
 
 
-__all__ = ["WORKER_TTL", "Client", "connect", "register_nanny_drain", "worker_environment"]
+__all__ = [
+    "TTL_CHECK_SECONDS",
+    "WORKER_TTL",
+    "Client",
+    "check_heartbeats_often",
+    "connect",
+    "register_nanny_drain",
+    "worker_environment",
+]
 
-WORKER_TTL = "25s"
+# A worker that stops answering (frozen, or its node gone without a word) is declared gone
+# once it has sent no heartbeat for this long; Dask's default is five minutes. Dask uses at
+# least ten heartbeat intervals, which it lengthens on large clusters (0.5 s up to 10
+# workers, 1 s up to 50, 2 s up to 200, then 1 s more per 200 workers).
+WORKER_TTL = "15s"
+# Dask checks for silent workers only once per TTL, which would let a frozen worker go
+# unnoticed for up to twice the TTL; schedulers that pervade starts check every second, so a
+# frozen worker is declared gone about 15 s after its last heartbeat (20 s on 50 to 199
+# workers), and its nanny kills it 4 s later at most.
+TTL_CHECK_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
+
+
+def check_heartbeats_often(cluster: Any) -> None:
+    """Have the in-process scheduler of `cluster` look for silent workers every
+    TTL_CHECK_SECONDS instead of once per TTL."""
+    check = getattr(getattr(cluster, "scheduler", None), "periodic_callbacks", {}).get("worker-ttl")
+    if check is None:
+        logger.warning("pervade: no worker-ttl check on this scheduler to run more often")
+        return
+
+    def reschedule() -> None:
+        check.stop()
+        check.callback_time = TTL_CHECK_SECONDS * 1000
+        check.start()
+
+    cluster.loop.add_callback(reschedule)
 
 
 @contextmanager
@@ -74,8 +110,6 @@ def connect(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     settings = {
         "distributed.nanny.pre-spawn-environ": worker_environment(workers),
-        # A worker that stops answering (frozen, or its node gone without a word) is declared
-        # gone after this long without a heartbeat; Dask's default is five minutes.
         "distributed.scheduler.worker-ttl": WORKER_TTL,
         "distributed.worker.multiprocessing-method": "forkserver",
     }
@@ -89,6 +123,7 @@ def connect(
             # Under churn, workers die on purpose: Dask's errors about it are expected noise.
             silence_logs=logging.ERROR if churn is None else logging.CRITICAL,
         )
+        check_heartbeats_often(cluster)
         client = Client(cluster, timeout=f"{timeout}s")
         try:
             if churn is None:
@@ -133,6 +168,7 @@ def _batch_client(batch: BatchConfig, dashboard: bool, timeout: float) -> Iterat
     # so they stay set until it is closed.
     with dask.config.set(settings):
         cluster = slurm_cluster(batch, dashboard)
+        check_heartbeats_often(cluster)
         keeper = SlurmJobKeeper(cluster, batch.jobs)
         try:
             client = Client(cluster, timeout=f"{timeout}s")
