@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,30 @@ def test_context_is_built_once_per_worker_and_reused_by_every_task(client: Clien
 def test_item_errors_are_isolated_and_raising_batches_are_split(client: Client) -> None:
     context = pervade.context(workloads.process_context, args={"tag": "errors"})
     items = [Item(f"p{n}", {"n": n, "poison": n == 7}) for n in range(40)]
-    results = {
-        r.id: r for r in pervade.map(workloads.poisoned, items, context=context, client=client)
-    }
+    # Batches of 8, so that the poisoned item raises in company; one failure alone fails an
+    # item, so an innocent neighbour charged even once would end as an error.
+    once = DispatchConfig(min_task_items=8, max_task_items=8, max_failures=1)
+    results = _exactly_once(
+        pervade.map(workloads.poisoned, items, context=context, client=client, dispatch=once)
+    )
     assert set(results) == {item.id for item in items}
     assert not results["p7"].ok and "poisoned item" in str(results["p7"].error)
     assert all(results[f"p{n}"].ok for n in range(40) if n != 7)
 
     marked = [(f"b{n}", {"n": n, "bad": n % 10 == 0}) for n in range(30)]
-    outcome = {
-        r.id: r for r in pervade.map(workloads.describe, marked, context=context, client=client)
-    }
+    outcome = _exactly_once(
+        pervade.map(workloads.describe, marked, context=context, client=client, dispatch=once)
+    )
     assert {k for k, r in outcome.items() if not r.ok} == {"b0", "b10", "b20"}
     assert "marked bad" in str(outcome["b10"].error)
+
+
+def _exactly_once(results: Iterable[pervade.Result]) -> dict[str, pervade.Result]:
+    by_id: dict[str, pervade.Result] = {}
+    for result in results:
+        assert result.id not in by_id, f"{result.id} was accepted twice"
+        by_id[result.id] = result
+    return by_id
 
 
 def test_a_journal_makes_a_rerun_skip_finished_items(client: Client, tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from tests.helpers import workloads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 ITEMS = 160
-SMALL_TASKS = DispatchConfig(min_task_items=4, max_task_items=4)
+# One failure alone fails an item: were an eviction charged to the items it interrupted, they
+# would end as errors.
+SMALL_TASKS = DispatchConfig(min_task_items=4, max_task_items=4, max_failures=1)
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def _freeze_one(client: Client, dispatch: DispatchConfig) -> tuple[RunStats, flo
 
 def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Client) -> None:
     # Without tail copies the frozen worker's tasks wait until it is declared gone.
-    no_copies = DispatchConfig(min_task_items=4, max_task_items=4, speculate=False)
+    no_copies = DispatchConfig(min_task_items=4, max_task_items=4, max_failures=1, speculate=False)
     stats, seconds = _freeze_one(client, no_copies)
     assert stats.requeued > 0
     assert seconds < 120
@@ -157,7 +159,9 @@ def test_sigterm_drains_the_worker_and_recomputes_no_finished_item(
         options={"log_dir": str(tmp_path), "delay": 0.02},
         client=client,
         # Every computation is counted below: no tail copies, which redo items on purpose.
-        dispatch=DispatchConfig(min_task_items=16, max_task_items=16, speculate=False),
+        dispatch=DispatchConfig(
+            min_task_items=16, max_task_items=16, max_failures=1, speculate=False
+        ),
         observer=stats_box.append,
     ):
         results[result.id] = result
