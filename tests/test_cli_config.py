@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from pervade.cli import main as cli_main
 from pervade.cli.main import main
+from pervade.runtime import cluster
 from tests.helpers.jobs import generic_job, write_jsonl
 
 
@@ -148,3 +151,28 @@ def test_a_local_cluster_gets_one_worker_per_gpu_by_default(
     sections["cluster"] = dict(cluster)  # the helper's job file names 2 workers: not here
     plan = build_plan(sections, tmp_path, lambda _text: None)
     assert plan.cluster.workers == workers
+
+
+def test_a_scheduler_that_does_not_answer_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_main, "connect", partial(cluster.connect, timeout=2))
+    job = generic_job(tmp_path, 4)
+    code, text = _run(capsys, str(job), "--scheduler", "tcp://127.0.0.1:1")
+    assert code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_rerun_exits_1_while_earlier_runs_left_item_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = generic_job(tmp_path, 6)
+    write_jsonl(
+        tmp_path / "items.jsonl", [{"id": f"g{n}", "n": n, "bad": n == 4} for n in range(6)]
+    )
+    first, text = _run(capsys, str(job))
+    assert first == 1 and "1 items failed" in text, text
+    code, text = _run(capsys, str(job))  # nothing left to run; the error is still there
+    assert code == 1 and "1 items failed" in text, text

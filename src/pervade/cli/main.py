@@ -22,7 +22,7 @@ from pervade.core.config import ConfigError
 from pervade.journal import Journal, JournalMismatch, Outcome
 from pervade.reports.progress import ProgressView
 from pervade.reports.summary import print_summary, summary_rows
-from pervade.runtime.cluster import connect
+from pervade.runtime.cluster import SchedulerUnreachable, connect
 from pervade.runtime.driver import DriverConfig, RunAborted
 from pervade.runtime.output import OutputConflict
 from pervade.runtime.session import preflight, run_job
@@ -191,7 +191,7 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
                     observer=None if quiet else view,
                     config=DriverConfig(grace_seconds=plan.cluster.grace_seconds),
                 )
-    except (JournalMismatch, OutputConflict, RunAborted) as exc:
+    except (JournalMismatch, OutputConflict, RunAborted, SchedulerUnreachable) as exc:
         console.print(f"pervade: error: {exc}", markup=False)
         return EXIT_UNUSABLE
     except KeyboardInterrupt:
@@ -202,16 +202,15 @@ def _run(plan: Plan, console: Console, quiet: bool) -> int:
         return EXIT_INTERRUPTED
     wall = time.monotonic() - started
     correct_labelled = None
-    if plan.app is not None:
-        journal = Journal(plan.journal, plan.job.fingerprint(str(plan.input.resolve())))
-        try:
+    # Errors of earlier runs of this job count too: exit 0 means every item has a result.
+    journal = Journal(plan.journal, plan.job.fingerprint(str(plan.input.resolve())))
+    try:
+        errors_total = journal.count(Outcome.ERROR)
+        if plan.app is not None:
             found = accuracy(journal.outcomes(Outcome.RESULT))
-            errors_total = journal.count(Outcome.ERROR)
-        finally:
-            journal.close()
-        correct_labelled = (found.correct, found.labelled)
-    else:
-        errors_total = stats.errors
+            correct_labelled = (found.correct, found.labelled)
+    finally:
+        journal.close()
     paths = {"results": plan.output, "errors": plan.errors, "journal": plan.journal}
     rows = summary_rows(stats, wall, correct_labelled, paths)
     print_summary(Console(highlight=False), f"pervade: {plan.job.name}", rows)

@@ -39,6 +39,7 @@ __all__ = [
     "TTL_CHECK_SECONDS",
     "WORKER_TTL",
     "Client",
+    "SchedulerUnreachable",
     "check_heartbeats_often",
     "connect",
     "register_nanny_drain",
@@ -57,6 +58,10 @@ WORKER_TTL = "15s"
 TTL_CHECK_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
+
+
+class SchedulerUnreachable(Exception):
+    """The scheduler named with `--scheduler` did not answer: nothing has run."""
 
 
 def check_heartbeats_often(cluster: Any) -> None:
@@ -98,7 +103,12 @@ def connect(
             yield client
         return
     if scheduler:
-        client = Client(scheduler, timeout=f"{timeout}s")
+        try:
+            client = Client(scheduler, timeout=f"{timeout}s")
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnreachable(
+                f"cannot reach the Dask scheduler at {scheduler} within {timeout:g} s: {exc}"
+            ) from exc
         try:
             # Its workers may be `dask worker` processes under a batch system.
             register_nanny_drain(client, grace_seconds)
