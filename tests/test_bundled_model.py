@@ -102,7 +102,9 @@ def test_bad_input_lines_become_error_records_and_the_rest_runs(
     assert sorted(r["id"] for r in _lines(output)) == sorted(g["id"] for g in good)
     errors = {(e["line"], e.get("field")): e for e in _lines(output.with_name("out.errors.jsonl"))}
     assert set(errors) == {(6, None), (7, "claim"), (8, "id"), (9, "prompt"), (10, "label")}
+    assert {e["file"] for e in errors.values()} == {str(source)}  # the prompt's too
     assert "not valid JSON" in str(errors[(6, None)]["error"])
+    assert "(column 45)" in str(errors[(6, None)]["error"])  # where the line was cut
     assert f"{source}:7" in str(errors[(7, "claim")]["error"])
     assert "first on line 1" in str(errors[(8, "id")]["error"])
     assert "the model takes at most 8192" in str(errors[(9, "prompt")]["error"])

@@ -169,7 +169,7 @@ def map(
                 connect(scheduler, workers, grace_seconds=grace_seconds, preload=job.worker_modules)
             )
         config = DriverConfig(grace_seconds=grace_seconds)
-        driver = Driver(client, job, store, sink, RunStats(), config, observer)
+        driver = Driver(client, job, store, sink, RunStats(), config, observer, "<items>")
         for batch in driver.run(_source(items)):
             for accepted in batch:
                 if accepted.kind is Outcome.RESULT:

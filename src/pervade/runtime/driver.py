@@ -73,12 +73,14 @@ class Driver:
         stats: RunStats,
         config: DriverConfig | None = None,
         observer: Observer | None = None,
+        input_name: str | None = None,
     ) -> None:
+        """`input_name`: the file the items come from, named in their error records."""
         self.client = client
         self.job = job
         self.journal = journal
         self.stats = stats
-        self.outcomes = Outcomes(journal, sink, stats, job.function_name)
+        self.outcomes = Outcomes(journal, sink, stats, job.function_name, input_name)
         self.ledger = Ledger()
         self.config = config or DriverConfig()
         self.observer = observer
@@ -378,9 +380,7 @@ class Driver:
                 self.stats.requeued += len(ids)
                 self.journal.end_attempts(task, reason, ids)
             case FailItems(items=ids, error=error):
-                self.outcomes.accept(
-                    [(i, Outcome.ERROR, {"id": i, "error": error, "stage": "task"}) for i in ids]
-                )
+                self.outcomes.accept([self.outcomes.error(i, error, "task") for i in ids])
             case RestartWorker(worker=worker, reason=reason):
                 restart_worker(self.client, worker, reason)
             case ScaleAdvice(reason=reason):

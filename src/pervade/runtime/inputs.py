@@ -74,7 +74,8 @@ def read_jsonl(path: Path, parse: Parser) -> Iterator[SourceItem | InputProblem]
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw)
+                # Without its line break, which would put a cut line's error on the next line.
+                record = json.loads(raw.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield InputProblem(
                     name, number, None, None, f"not valid JSON: {exc.msg} (column {exc.colno})"

@@ -41,7 +41,7 @@ def run_job(
         sink = ResultSink(output, errors, journal)
         try:
             stats = RunStats(total=count_records(input_path))
-            driver = Driver(client, job, journal, sink, stats, config, observer)
+            driver = Driver(client, job, journal, sink, stats, config, observer, str(input_path))
             for _batch in driver.run(read_jsonl(input_path, parse)):
                 pass
         finally:
