@@ -1,6 +1,6 @@
 """What context reuse buys: the bundled fact-verification job three ways.
 
-    .venv/bin/python bench/context_reuse.py [--items 360] [--task-items 32] [--workers 2]
+    .venv/bin/python bench/context_reuse.py [--items 360] [--task-items 30] [--workers 2]
 
 (a) pervade: the model is a context, built once per worker and reused by every task;
 (b) naive: the same tasks on the same cluster, but every task loads the model itself;
