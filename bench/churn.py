@@ -1,16 +1,18 @@
 """The bundled job under churn: what evictions cost on the local cluster.
 
     .venv/bin/python bench/churn.py [--items 360] [--rates 0,60,30] [--graceful 0.5]
-        [--trace trace:bamboo-p3,start=2h,fit=120,seed=1 ...]
+        [--seeds 1,2,3] [--trace trace:bamboo-p3,start=2h,fit=120,seed=1 ...]
 
 For each mean time between evictions per worker (0 = no churn) the bundled fact-verification
 job runs on a fresh local cluster of 2 workers while the churn harness evicts and replaces
-workers (half of them gracefully by default, seed 1); then, for each `--trace` spec (the
+workers (half of them gracefully by default), once per seed; then, for each `--trace` spec (the
 `--churn trace:...` syntax of the README), on a pool that follows that availability trace
 scaled to 2 workers. Printed per run: wall time and its ratio to the first run (the run
 without churn by default), evictions, item attempts lost to evictions without notice,
-unstarted items handed back by draining workers, items whose work was lost and redone, and
-the run's goodput accounts (the summary's: the share of the workers' time, from each one's
+unstarted items handed back by draining workers, items whose work was lost and redone, the
+items of those that a draining worker had taken (a graceful eviction should redo none: its
+worker reports what it finished and hands the rest back unstarted), and the run's goodput
+accounts (the summary's: the share of the workers' time, from each one's
 arrival to its departure, spent on accepted results, loading contexts, lost to re-execution,
 or idle).
 """
@@ -21,6 +23,8 @@ import argparse
 import contextlib
 import json
 import logging
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +70,15 @@ def run_once(items: int, churn: Churn | None, folder: Path) -> dict[str, float]:
         wall = time.perf_counter() - started
     results = [json.loads(line) for line in plan.output.read_text().splitlines()]
     assert len({r["id"] for r in results}) == len(results) == items, "lost or duplicated items"
+    with contextlib.closing(sqlite3.connect(plan.journal)) as journal:
+        # Attempts whose work was lost (not done, not handed back) on workers that drained.
+        (redone_graceful,) = journal.execute(
+            "SELECT COUNT(DISTINCT a.item_id) FROM attempts a JOIN worker_events w "
+            "ON a.worker = w.worker AND w.event = 'drained' WHERE a.ended IS NOT NULL "
+            "AND a.outcome NOT IN ('done', 'drained', 'stopped')"
+        ).fetchone()
     return {
+        "redone_graceful": redone_graceful,
         "wall": wall,
         "hard": stats.hard_evictions,
         "graceful": stats.graceful_evictions,
@@ -84,6 +96,17 @@ def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else 0.0
 
 
+def _commit() -> str:
+    """The checkout's commit, to name the code a table was measured on."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "an unknown commit"
+
+
 def _initial(harness: ChurnHarness) -> int:
     return harness.trace.initial if harness.trace is not None else harness.workers
 
@@ -93,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=360)
     parser.add_argument("--rates", default="0,60,30", help="mean seconds between evictions")
     parser.add_argument("--graceful", type=float, default=0.5)
+    parser.add_argument("--seeds", default="1", help="seeds of the rate runs, one run each")
     parser.add_argument(
         "--trace",
         action="append",
@@ -103,13 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     # Evicted workers make the client's nannies log errors that are expected here.
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     runs: list[tuple[str, Churn | None]] = []
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
-        poisson = ChurnRate(rate, args.graceful, rejoin_seconds=5.0, seed=1) if rate else None
-        runs.append(("no churn" if not rate else f"{rate:g}", poisson))
+        if not rate:
+            runs.append(("no churn", None))
+        for seed in seeds if rate else []:
+            poisson = ChurnRate(rate, args.graceful, rejoin_seconds=5.0, seed=seed)
+            runs.append((f"{rate:g}, seed {seed}", poisson))
     for spec in args.trace:
         runs.append((spec, load_churn(spec, WORKERS)))  # a bad spec stops before any run
     if not runs:
         parser.error("nothing to run: give --rates, --trace or both")
+    print(f"pervade at {_commit()}, {args.items} claims, {WORKERS} workers", flush=True)
     rows = []
     for label, churn in runs:
         with tempfile.TemporaryDirectory(prefix="pervade-churn-") as scratch:
@@ -121,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| churn: mean s between evictions per worker, or trace | wall | × first "
         "| evictions hard/graceful | attempts lost | handed back unstarted "
-        "| items redone | goodput | loading | lost | idle |"
+        "| items redone | of them after a graceful eviction | goodput | loading | lost | idle |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, r in rows:
         print(
             f"| {label} | {r['wall']:.1f} s | {r['wall'] / base:.2f} | "
             f"{r['hard']:.0f}/{r['graceful']:.0f} | {r['lost']:.0f} | {r['handed_back']:.0f} "
-            f"| {r['rerun_items']:.0f} | {100 * r['goodput']:.0f}% | {100 * r['loading']:.0f}% "
+            f"| {r['rerun_items']:.0f} | {r['redone_graceful']:.0f} "
+            f"| {100 * r['goodput']:.0f}% | {100 * r['loading']:.0f}% "
             f"| {100 * r['lost_time']:.0f}% | {100 * r['idle']:.0f}% |"
         )
     return 0

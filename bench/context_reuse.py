@@ -1,10 +1,12 @@
 """What context reuse buys: the bundled fact-verification job three ways.
 
     .venv/bin/python bench/context_reuse.py [--items 360] [--task-items 30] [--workers 2]
+        [--repeat 3]
 
 (a) pervade: the model is a context, built once per worker and reused by every task;
 (b) naive: the same tasks on the same cluster, but every task loads the model itself;
 (c) ideal: one process that loads the model once and runs everything (all cores).
+Each way runs --repeat times, in a rotating order; the table shows medians.
 Then the dispatch overhead of a warm context: the wall time per task of many one-item tasks
 of an empty function, on one worker and on all of them (tasks run side by side there).
 Wall times of (a) and (b) start once the Dask cluster is up and its workers have imported
@@ -14,6 +16,8 @@ torch and transformers (as the process running (c) has); they include model load
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,12 +93,39 @@ def dispatch_overhead(workers: int, tasks: int) -> float:
         return (time.perf_counter() - started) / done
 
 
+def _verdict(value: object) -> object:
+    return value.get("verdict") if isinstance(value, dict) else value
+
+
+def _each(walls: list[float]) -> str:
+    return "[" + ", ".join(f"{wall:.1f}" for wall in walls) + "]"
+
+
+def _commit() -> str:
+    """The checkout's commit, to name the code a table was measured on."""
+    found = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(Path(__file__).resolve().parent.parent),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "an unknown commit"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=360)
     parser.add_argument("--task-items", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--overhead-tasks", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of (a), (b) and (c)")
     args = parser.parse_args(argv)
     items = load_items(args.items)
     model = str(resolve_model("bundled:smollm2-135m-instruct"))
@@ -107,48 +138,65 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    wall_a, out_a = timed_map(
-        "pervade.apps.llm:choose",
-        items,
-        pervade.llm(model),
-        {"choices": choices},
-        args.workers,
-        fixed,
-    )
-    print(f"(a) pervade  {wall_a:8.1f} s", flush=True)
-    wall_b, _ = timed_map(
-        workloads.naive_choose,
-        items,
-        pervade.context(workloads.nothing),
-        {"model": model, "choices": choices},
-        args.workers,
-        fixed,
-    )
-    print(f"(b) naive    {wall_b:8.1f} s", flush=True)
+    def run_a() -> tuple[float, dict[str, object]]:
+        return timed_map(
+            "pervade.apps.llm:choose",
+            items,
+            pervade.llm(model),
+            {"choices": choices},
+            args.workers,
+            fixed,
+        )
 
-    started = time.perf_counter()
-    engine = load_engine(model)
-    out_c = {}
-    for begin in range(0, len(items), args.task_items):
-        chunk = [Item(i.id, i.data) for i in items[begin : begin + args.task_items]]
-        for item, value in zip(
-            chunk, pervade.apps.llm.choose(engine, chunk, choices).values, strict=True
-        ):
-            out_c[item.id] = value
-    wall_c = time.perf_counter() - started
-    print(f"(c) ideal    {wall_c:8.1f} s", flush=True)
-    agree = sum(out_a[k]["verdict"] == out_c[k]["verdict"] for k in out_c) / len(out_c)
+    def run_b() -> tuple[float, dict[str, object]]:
+        return timed_map(
+            workloads.naive_choose,
+            items,
+            pervade.context(workloads.nothing),
+            {"model": model, "choices": choices},
+            args.workers,
+            fixed,
+        )
+
+    def run_c() -> tuple[float, dict[str, object]]:
+        started = time.perf_counter()
+        engine = load_engine(model)
+        load_seconds.append(engine.load_seconds)
+        out: dict[str, object] = {}
+        for begin in range(0, len(items), args.task_items):
+            chunk = [Item(i.id, i.data) for i in items[begin : begin + args.task_items]]
+            values = pervade.apps.llm.choose(engine, chunk, choices).values
+            out.update((item.id, value) for item, value in zip(chunk, values, strict=True))
+        return time.perf_counter() - started, out
+
+    ways = {"a": run_a, "b": run_b, "c": run_c}
+    walls: dict[str, list[float]] = {way: [] for way in ways}
+    outputs: dict[str, dict[str, object]] = {}
+    load_seconds: list[float] = []
+    for round_ in range(args.repeat):
+        # Each round in another order, so that a slow spell of a shared machine does not
+        # always fall on the same way.
+        order = "abc"[round_ % 3 :] + "abc"[: round_ % 3]
+        for way in order:
+            wall, outputs[way] = ways[way]()
+            walls[way].append(wall)
+            print(f"round {round_ + 1}: ({way}) {wall:8.1f} s", flush=True)
+    out_a, out_c = outputs["a"], outputs["c"]
+    agree = sum(_verdict(out_a[k]) == _verdict(out_c[k]) for k in out_c) / len(out_c)
+    wall_a, wall_b, wall_c = (statistics.median(walls[way]) for way in "abc")
 
     overhead = {n: dispatch_overhead(n, args.overhead_tasks) for n in sorted({1, args.workers})}
     print()
+    print(f"pervade at {_commit()}; median of {args.repeat} rounds (each round's walls in [])")
     print("| measure | value |")
     print("| --- | --- |")
-    print(f"| (a) pervade, warm contexts | {wall_a:.1f} s |")
-    print(f"| (b) naive, a model load per task | {wall_b:.1f} s |")
-    print(f"| (c) ideal, one process | {wall_c:.1f} s |")
+    print(f"| (a) pervade, warm contexts | {wall_a:.1f} s {_each(walls['a'])} |")
+    print(f"| (b) naive, a model load per task | {wall_b:.1f} s {_each(walls['b'])} |")
+    print(f"| (c) ideal, one process | {wall_c:.1f} s {_each(walls['c'])} |")
     print(f"| a/c (target <= 1.10) | {wall_a / wall_c:.2f} |")
     print(f"| b/a | {wall_b / wall_a:.2f} |")
-    print(f"| one model load in (c), page cache warm | {engine.load_seconds:.2f} s |")
+    load = statistics.median(load_seconds)
+    print(f"| one model load in (c), page cache warm | {load:.2f} s |")
     print(f"| verdicts of (a) equal to (c) | {100 * agree:.1f}% |")
     for n, per_task in overhead.items():
         print(
