@@ -45,6 +45,7 @@ class Ledger:
     def __init__(self) -> None:
         self._present: dict[str, _Presence] = {}
         self._task_worker: dict[str, str] = {}
+        self._booked: dict[str, tuple[float, int]] = {}  # task -> (seconds, outcomes) so far
         self._closed_seconds = 0.0  # presence of workers that have left
         self._useful = 0.0
         self._loading = 0.0
@@ -60,6 +61,7 @@ class Ledger:
         self._lose_in_flight(presence, now)
         for task in presence.tasks:
             self._task_worker.pop(task, None)
+            self._booked.pop(task, None)
         self._closed_seconds += now - presence.joined
 
     def started(self, task: str, worker: str, now: float) -> None:
@@ -75,18 +77,34 @@ class Ledger:
         if presence is not None:
             presence.accounted_until = max(presence.accounted_until, now)
 
+    def progressed(self, task: str, now: float, ran_seconds: float, kept: int, ran: int) -> None:
+        """A running task sent `ran` outcomes ahead of its report, `kept` of them accepted,
+        from `ran_seconds` of work: booked now, so that its loss later costs only the rest."""
+        self._book(ran_seconds, kept, ran)
+        seconds, outcomes = self._booked.get(task, (0.0, 0))
+        self._booked[task] = (seconds + ran_seconds, outcomes + ran)
+        worker = self._task_worker.get(task)
+        presence = self._present.get(worker) if worker else None
+        if presence is not None:
+            presence.accounted_until = max(presence.accounted_until, now)
+
     def reported(
         self, task: str, now: float, ran_seconds: float, kept: int, ran: int, failed_seconds: float
     ) -> None:
         """A task reported: it ran items for `ran_seconds`, of which `kept` of `ran` outcomes
         were accepted (the rest were duplicates), and spent `failed_seconds` on slices that
-        raised."""
-        share = kept / ran if ran else 0.0
-        self._useful += ran_seconds * share
-        self._lost += ran_seconds * (1.0 - share) + failed_seconds
+        raised. What it sent on the way (`progressed`) is in these totals and booked already."""
+        seconds, outcomes = self._booked.pop(task, (0.0, 0))
+        self._book(max(0.0, ran_seconds - seconds), kept, max(0, ran - outcomes))
+        self._lost += failed_seconds
         presence = self._finish(task)
         if presence is not None:
             presence.accounted_until = max(presence.accounted_until, now)
+
+    def _book(self, ran_seconds: float, kept: int, ran: int) -> None:
+        share = kept / ran if ran else 0.0
+        self._useful += ran_seconds * share
+        self._lost += ran_seconds * (1.0 - share)
 
     def lost(self, task: str, now: float) -> None:
         """A task produced nothing (its worker died under it, or the whole task raised)."""
@@ -96,6 +114,7 @@ class Ledger:
             began = max(presence.tasks[task], presence.accounted_until)
             self._lost += max(0.0, now - began)
             presence.accounted_until = max(presence.accounted_until, now)
+        self._booked.pop(task, None)
         self._finish(task)
 
     def _finish(self, task: str) -> _Presence | None:

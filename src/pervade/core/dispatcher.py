@@ -23,6 +23,7 @@ from pervade.core.events import (
     ItemsSubmitted,
     TaskFailed,
     TaskFinished,
+    TaskProgressed,
     WorkerClassified,
     WorkerDraining,
     WorkerJoined,
@@ -55,6 +56,8 @@ class Dispatcher(Placement):
         self._roster = Roster(self.config.max_in_flight)
         self._tasks: dict[str, Task] = {}
         self._twins: dict[str, str] = {}  # a task and its speculative copy, both ways
+        # Items of running tasks whose outcomes arrived before their task ended.
+        self._done_early: dict[str, set[str]] = {}
         self._backlogs: dict[str, Backlog] = {}
         self._in_flight: dict[str, int] = {}  # items in tasks, per context
         self._failures: dict[str, int] = {}
@@ -142,6 +145,8 @@ class Dispatcher(Placement):
                     self.advisor.ready(event.worker, now)
             case TaskFinished():
                 decisions += self._task_finished(event, now)
+            case TaskProgressed():
+                self._task_progressed(event)
             case TaskFailed():
                 decisions += self._task_failed(event)
         decisions += self._fill(now)
@@ -184,21 +189,23 @@ class Dispatcher(Placement):
         elif kind == "evicted":  # a restart was counted when it was asked for
             self.stats.hard_evictions += 1
         for task_id in sorted(worker.tasks):
+            done = self._done_early.get(task_id, set())
             task = self._forget(task_id)
             if task is None:
                 continue
             reason = "restarted" if kind == "restarted" else "evicted"
-            decisions.append(RequeueItems(task_id, _ids(task.items), reason))
+            rest = tuple(item for item in task.items if item.id not in done)
+            decisions.append(RequeueItems(task_id, _ids(rest), reason))
             decisions.append(CancelTask(task_id))
             if self._untwin(task_id):
                 continue  # its copy (or original) runs on and covers the items
-            self._requeue(task.context, task.items, task.group)
+            self._requeue(task.context, rest, task.group)
             # A draining worker leaves only unstarted tasks behind: it waits for the running
             # one (within its grace period).
             if kind == "drained":
-                self.stats.requeued_graceful += len(task.items)
+                self.stats.requeued_graceful += len(rest)
             else:
-                self.stats.requeued_evicted += len(task.items)
+                self.stats.requeued_evicted += len(rest)
         return decisions
 
     def _context_changed(self, event: ContextStateChanged) -> None:
@@ -285,18 +292,34 @@ class Dispatcher(Placement):
                 decisions.append(RequeueItems(task.id, _ids(faulty), "a copy runs on"))
         return decisions
 
+    def _task_progressed(self, event: TaskProgressed) -> None:
+        task = self._tasks.get(event.task)
+        if task is None:
+            return  # it ended already: its report covered these items
+        done = self._done_early.setdefault(task.id, set())
+        new = {item.id for item in task.items if item.id not in done} & set(event.done)
+        done |= new
+        self._in_flight[task.context] -= len(new)
+        for item_id in new:
+            self._failures.pop(item_id, None)
+
     def _task_failed(self, event: TaskFailed) -> list[Decision]:
+        done = self._done_early.get(event.task, set())
         task = self._forget(event.task)
         if task is None:
             return []
+        rest = tuple(item for item in task.items if item.id not in done)
+        twin = self._untwin(task.id)
+        if not rest:
+            return []  # every outcome arrived on the way: nothing was lost
         reason = "evicted" if event.evicted else f"task raised: {event.error}"
-        if self._untwin(task.id) is not None:
-            return [RequeueItems(task.id, _ids(task.items), reason)]
+        if twin is not None:
+            return [RequeueItems(task.id, _ids(rest), reason)]
         if event.evicted:
-            self._requeue(task.context, task.items, task.group)
-            self.stats.requeued_evicted += len(task.items)
-            return [RequeueItems(task.id, _ids(task.items), reason)]
-        return self._isolate(task, task.items, event.error)
+            self._requeue(task.context, rest, task.group)
+            self.stats.requeued_evicted += len(rest)
+            return [RequeueItems(task.id, _ids(rest), reason)]
+        return self._isolate(task, rest, event.error)
 
     def _isolate(self, task: Task, items: tuple[ItemRef, ...], error: str) -> list[Decision]:
         """Items whose batch raised `error`: find the one to blame."""
@@ -332,7 +355,8 @@ class Dispatcher(Placement):
         task = self._tasks.pop(task_id, None)
         if task is None:
             return None
-        self._in_flight[task.context] -= len(task.items)
+        done = self._done_early.pop(task_id, set())
+        self._in_flight[task.context] -= len(task.items) - len(done)
         worker = self._roster.get(task.worker)
         if worker is not None:
             worker.tasks.discard(task_id)

@@ -79,8 +79,18 @@ class TaskFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskProgressed:
+    """A running task reported outcomes for some of its items ahead of its end (a finished
+    slice), and they were accepted: should its worker die now, only the rest run again."""
+
+    task: str
+    done: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFailed:
-    """The task produced nothing.
+    """The task produced nothing more than the outcomes it reported on the way (see
+    TaskProgressed).
 
     `evicted` is true when the worker went away under it: that is an expected ending in
     an opportunistic pool and never counts against the items' failure budget.
@@ -99,5 +109,6 @@ Event = (
     | WorkerDraining
     | ContextStateChanged
     | TaskFinished
+    | TaskProgressed
     | TaskFailed
 )

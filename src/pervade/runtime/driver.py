@@ -37,6 +37,7 @@ from pervade.core import (
     StageContext,
     TaskFailed,
     TaskFinished,
+    TaskProgressed,
     WorkerClassified,
     WorkerDraining,
     WorkerJoined,
@@ -48,17 +49,18 @@ from pervade.journal import Accepted, Journal, Outcome
 from pervade.runtime.driver_config import DriverConfig as DriverConfig  # re-exported
 from pervade.runtime.driver_config import RunAborted as RunAborted  # re-exported
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
-from pervade.runtime.inputs import InputProblem, SourceItem
+from pervade.runtime.inputs import InputProblem, SourceItem, next_portion
 from pervade.runtime.job import Job
 from pervade.runtime.membership import register_plugin, worker_addresses
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.prefetching import Answer, Prefetches
+from pervade.runtime.progress import Progress
 from pervade.runtime.stats import RunStats
 from pervade.runtime.submit import restart_worker, submit_load, submit_task
 from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
 from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
-from pervade.worker.tasks import TaskReport, live_contexts
+from pervade.worker.tasks import SLICE_TOPIC, TaskReport, live_contexts
 
 Observer = Callable[[RunStats], None]
 
@@ -87,6 +89,7 @@ class Driver:
         self.core = Dispatcher(job.dispatch)
         self._context = job.context.id
         self._run = secrets.token_hex(4)  # task keys stay unique across reruns on one cluster
+        self._progress = Progress(self._run)
         self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._futures: dict[str, Future[TaskReport]] = {}
         self._workers: set[str] = set()
@@ -108,6 +111,7 @@ class Driver:
         register_plugin(self.client, EvictionPlugin(self.config.grace_seconds))
         self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
         self.client.subscribe_topic(DRAIN_TOPIC, partial(self._put, "drain"))
+        self.client.subscribe_topic(SLICE_TOPIC, partial(self._put, "slice"))
         finished = self.journal.finished_ids()
         self.stats.resumed = len(finished)
         exhausted = False
@@ -123,11 +127,14 @@ class Driver:
                 if exhausted and self.core.is_idle:
                     break
                 try:
-                    kind, payload = self._messages.get(timeout=0.1)
+                    message = self._messages.get(timeout=0.1)
                 except queue.Empty:
                     pass
                 else:
-                    self._on_message(kind, payload)
+                    self._on_message(*message)
+                    # Now, not at the next message: a future held keeps its report on its
+                    # worker, and a draining worker leaves once its reports are let go.
+                    del message
                 if self.outcomes.accepted:
                     yield self.outcomes.take()
                 if now >= next_observe:
@@ -136,6 +143,7 @@ class Driver:
         finally:
             self.client.unsubscribe_topic(STATE_TOPIC)
             self.client.unsubscribe_topic(DRAIN_TOPIC)
+            self.client.unsubscribe_topic(SLICE_TOPIC)
             for future in self._futures.values():
                 future.cancel()
             self._futures.clear()
@@ -165,26 +173,15 @@ class Driver:
             self._carry_out(decision)
 
     def _feed(self, source: Iterator[SourceItem | InputProblem], finished: set[str]) -> bool:
-        refs: list[ItemRef] = []
-        lines: list[tuple[str, int]] = []
-        problems: list[tuple[str, Outcome, dict[str, Any]]] = []
-        exhausted = True
-        for entry in source:
-            if isinstance(entry, InputProblem):
-                problems.append((entry.key, Outcome.ERROR, entry.as_record()))
-            elif entry.id not in finished:
-                self.outcomes.window[entry.id] = entry
-                refs.append(ItemRef(entry.id, entry.cost))
-                lines.append((entry.id, entry.line))
-            if len(refs) + len(problems) >= self.config.window:
-                exhausted = False
-                break
-        if problems:
-            self.outcomes.accept(problems)
-        if refs:
-            self.journal.register_items(lines)
-            self._handle(ItemsSubmitted(self._context, tuple(refs)))
-        return exhausted
+        portion = next_portion(source, finished, self.config.window)
+        if portion.problems:
+            self.outcomes.accept([(p.key, Outcome.ERROR, p.as_record()) for p in portion.problems])
+        if portion.items:
+            self.outcomes.window.update((entry.id, entry) for entry in portion.items)
+            self.journal.register_items([(entry.id, entry.line) for entry in portion.items])
+            refs = tuple(ItemRef(entry.id, entry.cost) for entry in portion.items)
+            self._handle(ItemsSubmitted(self._context, refs))
+        return portion.exhausted
 
     def _poll_membership(self) -> None:
         current = worker_addresses(self.client)
@@ -250,6 +247,8 @@ class Driver:
         elif kind == "drain":
             _timestamp, message = payload
             self._handle(WorkerDraining(message["worker"]))
+        elif kind == "slice":
+            self._slice_done(payload[1])
         elif kind == "task":
             self._task_done(*payload)
         elif kind == "load":
@@ -286,14 +285,28 @@ class Driver:
             or self.core.task_worker(task) not in worker_addresses(self.client)
         )
         described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
+        self._progress.settle(task)
         self.journal.end_attempts(task, "evicted" if evicted else "failed")
         self.ledger.lost(task, self._now())
         self._handle(TaskFailed(task, described, evicted))
 
+    def _slice_done(self, message: dict[str, Any]) -> None:
+        got = self._progress.read(message)
+        if got is None or got.task not in self._futures:
+            return  # another run's, or its task ended: the report covered these outcomes
+        records = [self.outcomes.record(item_id, value) for item_id, value in got.outcomes]
+        kept = self.outcomes.accept(records, got.task)
+        self._progress.booked(got)
+        self.stats.tokens += got.tokens
+        self.stats.infer_seconds += got.seconds
+        self.ledger.progressed(got.task, self._now(), got.seconds, kept, len(records))
+        self._handle(TaskProgressed(got.task, tuple(item_id for item_id, _ in got.outcomes)))
+
     def _report(self, task: str, report: TaskReport) -> None:
+        sent = self._progress.settle(task)
         self.stats.tasks += 1
-        self.stats.tokens += report.tokens
-        self.stats.infer_seconds += report.infer_seconds
+        self.stats.tokens += max(0, report.tokens - sent.tokens)
+        self.stats.infer_seconds += max(0.0, report.infer_seconds - sent.seconds)
         self.stats.oom_splits += report.oom_splits
         records = [self.outcomes.record(item_id, value) for item_id, value in report.outcomes]
         kept = self.outcomes.accept(records, task)
@@ -353,9 +366,7 @@ class Driver:
                     return
                 self.journal.start_attempts(task, worker, ids)
                 self.ledger.started(task, worker, self._now())
-                future = submit_task(
-                    self.client, self.job, f"pervade-{self._run}-{task}", worker, items
-                )
+                future = submit_task(self.client, self.job, self._progress.key(task), worker, items)
                 self._futures[task] = future
                 future.add_done_callback(partial(self._fetch, "task", task))
             case LoadContext(worker=worker, context=context):
@@ -372,6 +383,7 @@ class Driver:
                 cancelled = self._futures.pop(task, None)
                 if cancelled is not None:
                     cancelled.cancel()
+                self._progress.settle(task)
                 # A speculative copy that lost: whatever it ran is duplicate work. (Attempts
                 # the dispatcher requeued were ended with their reason just before.)
                 self.journal.end_attempts(task, "cancelled")

@@ -111,3 +111,27 @@ def read_jsonl(path: Path, parse: Parser) -> Iterator[SourceItem | InputProblem]
                 yield InputProblem(name, number, item_id, exc.field, exc.message)
                 continue
             yield SourceItem(item_id, number, data, cost)
+
+
+@dataclass(slots=True)
+class Portion:
+    """The next items of a source to submit, and the input problems read on the way."""
+
+    items: list[SourceItem]
+    problems: list[InputProblem]
+    exhausted: bool  # the source has nothing after these
+
+
+def next_portion(source: Iterator[SourceItem | InputProblem], skip: set[str], size: int) -> Portion:
+    """Read up to `size` entries of `source`, leaving out items whose ids are in `skip`
+    (finished in an earlier run)."""
+    portion = Portion([], [], exhausted=True)
+    for entry in source:
+        if isinstance(entry, InputProblem):
+            portion.problems.append(entry)
+        elif entry.id not in skip:
+            portion.items.append(entry)
+        if len(portion.items) + len(portion.problems) >= size:
+            portion.exhausted = False
+            break
+    return portion

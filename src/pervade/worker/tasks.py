@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class TaskReport:
 # raises costs only itself.
 MIN_SLICE = 8
 SLICES = 4
+# Each slice but the last also sends its outcomes to the driver as soon as it ends, under
+# this event topic, so that a worker killed without notice loses only the slice it was in.
+SLICE_TOPIC = "pervade-slice"
 
 
 def slice_size(items: int, value: Any) -> int:
@@ -62,6 +66,28 @@ class _Run:
     infer_seconds: float = 0.0
     failed_seconds: float = 0.0
     oom_splits: int = 0
+    sent: int = 0  # outcomes sent ahead of the report
+    sent_seconds: float = 0.0
+    sent_tokens: int = 0
+
+    def send_progress(self, worker: Any, key: Any) -> None:
+        """Send the outcomes since the last send to the driver. They travel pickled: an
+        event must be msgpack data, and values are whatever the batch function returned."""
+        fresh = self.outcomes[self.sent :]
+        if not fresh:
+            return
+        message = {
+            "key": str(key),
+            "outcomes": pickle.dumps(fresh, protocol=pickle.HIGHEST_PROTOCOL),
+            "seconds": self.infer_seconds - self.sent_seconds,
+            "tokens": self.tokens - self.sent_tokens,
+        }
+        worker.log_event(SLICE_TOPIC, message)
+        self.sent, self.sent_seconds, self.sent_tokens = (
+            len(self.outcomes),
+            self.infer_seconds,
+            self.tokens,
+        )
 
     def slice(self, value: Any, part: Sequence[Item]) -> None:
         """Run `part`; out of memory, run its halves, down to one item (which then raises)."""
@@ -99,9 +125,11 @@ def run_task(
     items: Sequence[Item],
 ) -> TaskReport:
     host = context_host()
+    worker = get_worker()
+    key = worker.get_current_task()
     # Recorded before the drain check: a drain that starts after this line sees the task and
     # waits for its report, and one that started before it is seen here.
-    host.started_tasks.append(get_worker().get_current_task())
+    host.started_tasks.append(key)
     if host.draining.is_set():
         return TaskReport((), 0.0, 0.0, 0, tuple(item.id for item in items))
     batch_function = resolve_import(function) if isinstance(function, str) else function
@@ -129,6 +157,8 @@ def run_task(
                     stopped_at = start + len(part)  # a broken context runs nothing more
                     break
                 # Something in this slice raised: the other slices still run.
+            if start + size < len(items) and not host.draining.is_set():
+                run.send_progress(worker, key)
     if fault in (Fault.CONTEXT, Fault.PROCESS):
         host.drop(spec.id)
         release_memory()
