@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import dask
+import psutil
 import pytest
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
@@ -104,6 +106,43 @@ def _freeze_one(client: Client, dispatch: DispatchConfig) -> tuple[RunStats, flo
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
     return stats, time.monotonic() - started
+
+
+def test_a_worker_killed_mid_task_redoes_only_the_slice_it_was_in(
+    client: Client, tmp_path: Path
+) -> None:
+    context = pervade.context(workloads.process_context, args={"tag": "slices"})
+    items = [(f"s{n:03d}", {"n": n}) for n in range(64)]
+    results: dict[str, pervade.Result] = {}
+    stats_box: list[RunStats] = []
+    for result in pervade.map(
+        workloads.dies_once_after,
+        items,
+        context=context,
+        # The first worker to finish 27 items dies: 27 items into a task of 32, which runs
+        # in slices of 8, so three slices (24 items) ended before the kill.
+        options={"log_dir": str(tmp_path), "after": 27, "delay": 0.1},
+        client=client,
+        dispatch=DispatchConfig(
+            min_task_items=32, max_task_items=32, max_failures=1, speculate=False
+        ),
+        observer=stats_box.append,
+    ):
+        assert result.id not in results, "an item was accepted twice"
+        results[result.id] = result
+    assert set(results) == {i for i, _ in items} and all(r.ok for r in results.values())
+    assert (tmp_path / "killed").exists()
+    computed = Counter(line for log in tmp_path.glob("*.log") for line in log.read_text().split())
+    assert set(computed) == set(results)
+    redone = sorted(item for item, times in computed.items() if times > 1)
+    # The three finished slices were accepted as they ended; only the fourth slice's three
+    # items, computed when the worker died, ran again.
+    assert len(redone) == 3, redone
+    stats = stats_box[-1]
+    assert stats.hard_evictions == 1
+    # The summary counts whole slices: the fourth (8 items, 3 of them computed) had its work
+    # lost; the three before it did not, nor a task the worker held but had not begun.
+    assert stats.rerun_items == 8
 
 
 def test_a_frozen_worker_is_declared_gone_and_its_items_run_elsewhere(client: Client) -> None:
@@ -208,3 +247,44 @@ def test_a_worker_joining_mid_run_gets_work_within_seconds() -> None:
         assert joined_at, "the scheduler never listed the new worker"
         # Its first result, building its context included, came within seconds of joining.
         assert seen_at[joined[0]] - joined_at < 5
+
+
+def test_a_lone_draining_worker_leaves_as_soon_as_its_reports_are_collected() -> None:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(1)
+        victim = psutil.Process(next(iter(_worker_pids(client).values())))
+        left_at: list[float] = []
+
+        def watch() -> None:
+            # No other worker sends anything meanwhile: the drain ends only because the
+            # driver let go of the victim's last report, not because another message came.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                while victim.status() != psutil.STATUS_ZOMBIE:
+                    time.sleep(0.05)
+            left_at.append(time.monotonic())
+            cluster.scale(2)  # a new slot, so that the run can finish
+
+        context = pervade.context(workloads.process_context, args={"tag": "lone"})
+        items = [(f"l{n:03d}", {"n": n}) for n in range(40)]
+        termed_at = 0.0
+        results: dict[str, pervade.Result] = {}
+        for result in pervade.map(
+            workloads.describe,
+            items,
+            context=context,
+            options={"delay": 0.05},
+            client=client,
+            dispatch=DispatchConfig(min_task_items=16, max_task_items=16, max_failures=1),
+        ):
+            results[result.id] = result
+            if not termed_at:
+                termed_at = time.monotonic()
+                victim.send_signal(signal.SIGTERM)
+                threading.Thread(target=watch, daemon=True).start()
+        assert set(results) == {i for i, _ in items} and all(r.ok for r in results.values())
+        assert left_at, "the drained worker never left"
+        # Its slice (8 items, 0.4 s), its report and the hand-over; the grace period is 60 s.
+        assert left_at[0] - termed_at < 10

@@ -199,7 +199,7 @@ def test_record_context_load(journal: Journal, path: Path) -> None:
     ]
 
 
-def test_a_journal_from_before_load_tiers_gets_the_columns(tmp_path: Path) -> None:
+def test_a_journal_from_before_load_tiers_and_began_gets_the_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.journal"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -209,8 +209,16 @@ def test_a_journal_from_before_load_tiers_gets_the_columns(tmp_path: Path) -> No
             "seconds REAL NOT NULL, at REAL NOT NULL)"
         )
         db.execute("INSERT INTO context_loads VALUES ('w1', 'ctx', 3.0, 1.0)")
+        db.execute(
+            "CREATE TABLE attempts (item_id TEXT NOT NULL, task TEXT NOT NULL, "
+            "worker TEXT NOT NULL, started REAL NOT NULL, ended REAL, outcome TEXT)"
+        )
+        db.execute("INSERT INTO attempts VALUES ('x', 't0', 'w1', 1.0, NULL, NULL)")
     journal = Journal(path, "fp-old")
     try:
+        journal.begin_attempts("t0")  # the attempts table got its `began` column
+        journal.end_attempts("t0", "evicted")
+        assert journal.rerun_items() == 1
         journal.record_context_load("w2", "ctx", 0.5, "disk", 0)
         assert journal.context_loads() == [
             ("w1", "ctx", 3.0, None, 0),
@@ -305,3 +313,17 @@ def test_sink_write_appends_after_the_rebuilt_lines(journal: Journal, tmp_path: 
     again.close()
     assert lines(results) == [{"id": "a", "v": 1}, {"id": "b", "v": 2}]
     assert lines(errors) == [{"id": "c", "error": "bad"}]
+
+
+def test_work_lost_in_a_task_its_worker_had_not_begun_is_not_counted_as_redone(
+    journal: Journal, path: Path
+) -> None:
+    journal.start_attempts("t1", "w1", ["a", "b"])
+    journal.start_attempts("t2", "w1", ["c", "d"])  # queued behind t1 on the same worker
+    journal.begin_attempts("t1")
+    journal.end_attempts("t1", "evicted")
+    journal.end_attempts("t2", "unstarted")
+    assert journal.rerun_items() == 2  # a and b; c and d never ran
+    with sqlite3.connect(path) as db:
+        began = dict(db.execute("SELECT task, MAX(began) FROM attempts GROUP BY task"))
+    assert began["t1"] is not None and began["t2"] is None

@@ -5,6 +5,7 @@ nothing. Fakes stand in for the Dask worker, so each step's order is the test's 
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -102,8 +103,12 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContextHost]:
     """A context host that `run_task` finds as its worker's, with the task key KEY."""
     found = ContextHost()
     monkeypatch.setattr(tasks, "context_host", lambda: found)
-    dask_worker = SimpleNamespace(get_current_task=lambda: KEY)
+    sent: list[tuple[str, Any]] = []
+    dask_worker = SimpleNamespace(
+        get_current_task=lambda: KEY, log_event=lambda *message: sent.append(message)
+    )
     monkeypatch.setattr(tasks, "get_worker", lambda: dask_worker)
+    found.sent = sent  # type: ignore[attr-defined]
     yield found
 
 
@@ -135,3 +140,28 @@ def test_a_task_whose_context_was_built_while_a_drain_began_runs_nothing(
     report = tasks.run_task(spec, _echo, {}, _items(20))
     assert report.outcomes == ()
     assert report.unfinished == tuple(f"i{n}" for n in range(20))
+
+
+def test_every_slice_but_the_last_sends_its_outcomes_as_it_ends(host: ContextHost) -> None:
+    spec = pervade.context(loaders.build, args={"key": "slices"})
+    report = tasks.run_task(spec, _echo, {}, _items(20))  # slices of 8, 8 and 4
+    sent = host.sent  # type: ignore[attr-defined]
+    assert [topic for topic, _ in sent] == [tasks.SLICE_TOPIC] * 3
+    outcomes = [pickle.loads(message["outcomes"]) for _, message in sent]
+    # First that it began, then the first two slices.
+    assert outcomes == [[], [(f"i{n}", n) for n in range(8)], [(f"i{n}", n) for n in range(8, 16)]]
+    assert all(message["key"] == KEY and message["seconds"] >= 0 for _, message in sent)
+    # The report still carries every outcome: a message sent on the way can be lost.
+    assert report.outcomes == tuple((f"i{n}", n) for n in range(20))
+
+
+def test_a_task_that_starts_draining_sends_no_slice_on_the_way(host: ContextHost) -> None:
+    def echo_then_drain(context: Any, items: list[pervade.Item]) -> list[int]:
+        host.draining.set()  # SIGTERM arrives during the first slice
+        return _echo(context, items)
+
+    spec = pervade.context(loaders.build, args={"key": "slices-drain"})
+    report = tasks.run_task(spec, echo_then_drain, {}, _items(20))
+    sent = host.sent  # type: ignore[attr-defined]
+    assert [pickle.loads(message["outcomes"]) for _, message in sent] == [[]]  # it began
+    assert len(report.outcomes) == 8 and len(report.unfinished) == 12

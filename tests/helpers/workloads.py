@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Sequence
 from itertools import count
@@ -51,6 +52,24 @@ def logged(
             out.append({"pid": context["pid"], "n": item.data["n"]})
             log.write(item.id + "\n")
             log.flush()
+    return out
+
+
+def dies_once_after(
+    context: dict[str, Any], items: Sequence[Item], log_dir: str, after: int, delay: float = 0.0
+) -> list[Any]:
+    """Like `logged`; but the first process to have completed `after` items kills itself
+    (SIGKILL: no notice, no report) before its next one, once in the whole run."""
+    log_path = os.path.join(log_dir, f"{os.getpid()}.log")
+    out: list[Any] = []
+    for item in items:
+        done = 0
+        if os.path.exists(log_path):
+            with open(log_path) as log:
+                done = sum(1 for _ in log)
+        if done >= after and _first_time(log_dir, "killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        out += logged(context, [item], log_dir, delay)
     return out
 
 

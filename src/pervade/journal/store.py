@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     worker TEXT NOT NULL,
     started REAL NOT NULL,
     ended REAL,
-    outcome TEXT
+    outcome TEXT,
+    began REAL  -- when its worker began the task (NULL: never, or not known)
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task);
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS context_loads (
 _ADDED_COLUMNS = (
     ("context_loads", "tier", "TEXT"),
     ("context_loads", "bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("attempts", "began", "REAL"),
 )
 
 
@@ -151,6 +153,13 @@ class Journal:
                 ((item_id, task, worker, now) for item_id in item_ids),
             )
 
+    def begin_attempts(self, task: str) -> None:
+        """The worker began running `task`: its attempts that end without an outcome lost
+        work, unlike those of a task that was still waiting."""
+        self._db.execute(
+            "UPDATE attempts SET began = ? WHERE task = ? AND ended IS NULL", (time.time(), task)
+        )
+
     def end_attempts(self, task: str, outcome: str, item_ids: Iterable[str] | None = None) -> None:
         now = time.time()
         with self._db:
@@ -223,10 +232,11 @@ class Journal:
 
     def rerun_items(self, since: float = 0.0) -> int:
         """Items that ran and lost the work (their worker died, their batch raised), in
-        attempts started at or after `since`; items handed back unstarted do not count."""
+        attempts started at or after `since`; items handed back unstarted, or lost in a task
+        their worker had not begun, do not count."""
         row = self._db.execute(
             "SELECT COUNT(DISTINCT item_id) FROM attempts WHERE started >= ? AND ended IS NOT "
-            "NULL AND outcome NOT IN ('done', 'drained', 'stopped')",
+            "NULL AND outcome NOT IN ('done', 'drained', 'stopped', 'unstarted')",
             (since,),
         )
         return int(row.fetchone()[0])

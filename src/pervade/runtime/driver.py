@@ -51,7 +51,7 @@ from pervade.runtime.driver_config import RunAborted as RunAborted  # re-exporte
 from pervade.runtime.fetching import error_of, fetch_later, is_lost_worker
 from pervade.runtime.inputs import InputProblem, SourceItem, next_portion
 from pervade.runtime.job import Job
-from pervade.runtime.membership import register_plugin, worker_addresses
+from pervade.runtime.membership import register_plugin, warm_contexts, worker_addresses
 from pervade.runtime.outcomes import Outcomes
 from pervade.runtime.output import ResultSink
 from pervade.runtime.prefetching import Answer, Prefetches
@@ -60,9 +60,11 @@ from pervade.runtime.stats import RunStats
 from pervade.runtime.submit import restart_worker, submit_load, submit_task
 from pervade.worker.eviction import DRAIN_TOPIC, EvictionPlugin
 from pervade.worker.plugin import STATE_TOPIC, ContextHostPlugin
-from pervade.worker.tasks import SLICE_TOPIC, TaskReport, live_contexts
+from pervade.worker.tasks import SLICE_TOPIC, TaskReport
 
 Observer = Callable[[RunStats], None]
+# What workers tell the driver on their own, by event topic: the message kind of each.
+_TOPICS = {STATE_TOPIC: "state", DRAIN_TOPIC: "drain", SLICE_TOPIC: "slice"}
 
 
 class Driver:
@@ -109,9 +111,8 @@ class Driver:
         run_started = self.journal.start_run(self._run)
         register_plugin(self.client, ContextHostPlugin())
         register_plugin(self.client, EvictionPlugin(self.config.grace_seconds))
-        self.client.subscribe_topic(STATE_TOPIC, partial(self._put, "state"))
-        self.client.subscribe_topic(DRAIN_TOPIC, partial(self._put, "drain"))
-        self.client.subscribe_topic(SLICE_TOPIC, partial(self._put, "slice"))
+        for topic, kind in _TOPICS.items():
+            self.client.subscribe_topic(topic, partial(self._put, kind))
         finished = self.journal.finished_ids()
         self.stats.resumed = len(finished)
         exhausted = False
@@ -141,9 +142,8 @@ class Driver:
                     self._observe()
                     next_observe = now + self.config.observe_every
         finally:
-            self.client.unsubscribe_topic(STATE_TOPIC)
-            self.client.unsubscribe_topic(DRAIN_TOPIC)
-            self.client.unsubscribe_topic(SLICE_TOPIC)
+            for topic in _TOPICS:
+                self.client.unsubscribe_topic(topic)
             for future in self._futures.values():
                 future.cancel()
             self._futures.clear()
@@ -189,15 +189,10 @@ class Driver:
             self._workers.add(worker)
             self.ledger.joined(worker, self._now())
             self.journal.record_worker_event(worker, "joined")
-            live: list[str] = []
-            if not self._polled:
-                # Only workers that were there before this driver can hold warm contexts
-                # (a driver reconnecting); later ones are new processes, never asked, so a
-                # worker dying as it joins cannot stall the driver on the question.
-                try:
-                    live = self.client.run(live_contexts, workers=[worker]).get(worker, [])
-                except Exception:  # not set up yet, or already gone: treat it as empty
-                    live = []
+            # Only workers that were there before this driver can hold warm contexts (a
+            # driver reconnecting); later ones are new processes, never asked, so a worker
+            # dying as it joins cannot stall the driver on the question.
+            live = [] if self._polled else warm_contexts(self.client, worker)
             for context in live:
                 self._states[(worker, context)] = ContextState.WARM
             self._handle(WorkerJoined(worker, tuple(live)))
@@ -285,8 +280,9 @@ class Driver:
             or self.core.task_worker(task) not in worker_addresses(self.client)
         )
         described = "lost with its worker" if error is None else f"{type(error).__name__}: {error}"
+        lost_as = self._progress.lost_as(task)
         self._progress.settle(task)
-        self.journal.end_attempts(task, "evicted" if evicted else "failed")
+        self.journal.end_attempts(task, lost_as if evicted else "failed")
         self.ledger.lost(task, self._now())
         self._handle(TaskFailed(task, described, evicted))
 
@@ -294,6 +290,10 @@ class Driver:
         got = self._progress.read(message)
         if got is None or got.task not in self._futures:
             return  # another run's, or its task ended: the report covered these outcomes
+        if not got.outcomes:
+            self._progress.booked(got)  # it began
+            self.journal.begin_attempts(got.task)
+            return
         records = [self.outcomes.record(item_id, value) for item_id, value in got.outcomes]
         kept = self.outcomes.accept(records, got.task)
         self._progress.booked(got)
@@ -310,14 +310,8 @@ class Driver:
         self.stats.oom_splits += report.oom_splits
         records = [self.outcomes.record(item_id, value) for item_id, value in report.outcomes]
         kept = self.outcomes.accept(records, task)
-        self.ledger.reported(
-            task,
-            self._now(),
-            report.infer_seconds,
-            kept,
-            len(records),
-            report.failed_seconds,
-        )
+        now, ran = self._now(), len(records)
+        self.ledger.reported(task, now, report.infer_seconds, kept, ran, report.failed_seconds)
         self._handle(
             TaskFinished(task, report.unfinished, report.failed, report.error, report.restart)
         )
@@ -390,6 +384,8 @@ class Driver:
                 self.ledger.lost(task, self._now())
             case RequeueItems(task=task, items=ids, reason=reason):
                 self.stats.requeued += len(ids)
+                if reason == "evicted":
+                    reason = self._progress.lost_as(task)
                 self.journal.end_attempts(task, reason, ids)
             case FailItems(items=ids, error=error):
                 self.outcomes.accept([self.outcomes.error(i, error, "task") for i in ids])

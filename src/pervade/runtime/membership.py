@@ -1,4 +1,5 @@
-"""Which workers the scheduler has now, asked afresh; plugins for all of them, now and later.
+"""Which workers the scheduler has now, asked afresh; plugins for all of them, now and later;
+the contexts a worker holds warm.
 
 `Client.scheduler_info()` answers from a cache that the client's own periodic callback also
 refreshes, without the per-worker part; a call that lands between the two sees no workers
@@ -12,6 +13,8 @@ import time
 from typing import Any
 
 from distributed import Client, NannyPlugin, WorkerPlugin
+
+from pervade.worker.tasks import live_contexts
 
 
 def worker_addresses(client: Client) -> set[str]:
@@ -35,3 +38,11 @@ def register_plugin(client: Client, plugin: WorkerPlugin | NannyPlugin, attempts
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5)
+
+
+def warm_contexts(client: Client, worker: str) -> list[str]:
+    """The contexts live on `worker` now; none when it cannot say (not set up yet, gone)."""
+    try:
+        return list(client.run(live_contexts, workers=[worker]).get(worker, []))
+    except Exception:
+        return []

@@ -23,6 +23,7 @@ class Slice:
 
 @dataclass(slots=True)
 class Sent:
+    began: bool = False  # the worker said it began the task
     seconds: float = 0.0
     tokens: int = 0
 
@@ -51,9 +52,18 @@ class Progress:
         )
 
     def booked(self, got: Slice) -> None:
+        """`got` was accepted (a slice without outcomes: the task began)."""
         sent = self._sent.setdefault(got.task, Sent())
+        sent.began = True
         sent.seconds += got.seconds
         sent.tokens += got.tokens
+
+    def lost_as(self, task: str) -> str:
+        """How the attempts of `task`, lost with its worker, ended: "evicted" with work done,
+        "unstarted" when its worker had not said it began it (one lost right as it began may
+        not have said so yet, and counts as not begun)."""
+        sent = self._sent.get(task)
+        return "evicted" if sent is not None and sent.began else "unstarted"
 
     def settle(self, task: str) -> Sent:
         """What `task` sent on the way, now that it ended (reported or lost)."""

@@ -42,7 +42,8 @@ class TaskReport:
 MIN_SLICE = 8
 SLICES = 4
 # Each slice but the last also sends its outcomes to the driver as soon as it ends, under
-# this event topic, so that a worker killed without notice loses only the slice it was in.
+# this event topic, so that a worker killed without notice loses only the slice it was in. A
+# task says so when it begins, too: the driver can then tell work lost from work not begun.
 SLICE_TOPIC = "pervade-slice"
 
 
@@ -70,11 +71,12 @@ class _Run:
     sent_seconds: float = 0.0
     sent_tokens: int = 0
 
-    def send_progress(self, worker: Any, key: Any) -> None:
-        """Send the outcomes since the last send to the driver. They travel pickled: an
-        event must be msgpack data, and values are whatever the batch function returned."""
+    def send_progress(self, worker: Any, key: Any, began: bool = False) -> None:
+        """Send the outcomes since the last send to the driver (none when the task `began`).
+        They travel pickled: an event must be msgpack data, and values are whatever the batch
+        function returned."""
         fresh = self.outcomes[self.sent :]
-        if not fresh:
+        if not fresh and not began:
             return
         message = {
             "key": str(key),
@@ -138,6 +140,7 @@ def run_task(
     error = ""
     fault: Fault | None = None
     stopped_at = len(items)
+    run.send_progress(worker, key, began=True)
     with host.use(spec) as (value, load_seconds):
         size = slice_size(len(items), value)
         for start in range(0, len(items), size):
