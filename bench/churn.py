@@ -8,7 +8,8 @@ job runs on a fresh local cluster of 2 workers while the churn harness evicts an
 workers (half of them gracefully by default), once per seed; then, for each `--trace` spec (the
 `--churn trace:...` syntax of the README), on a pool that follows that availability trace
 scaled to 2 workers. Printed per run: wall time and its ratio to the first run (the run
-without churn by default), evictions, item attempts lost to evictions without notice,
+without churn by default), evictions and the mean seconds between them per worker that the
+seeded draw gave (wall × workers / evictions), item attempts lost to evictions without notice,
 unstarted items handed back by draining workers, items whose work was lost and redone, the
 items of those that a draining worker had taken (a graceful eviction should redo none: its
 worker reports what it finished and hands the rest back unstarted), and the run's goodput
@@ -149,14 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| churn: mean s between evictions per worker, or trace | wall | × first "
-        "| evictions hard/graceful | attempts lost | handed back unstarted "
+        "| evictions hard/graceful | as drawn: s between evictions per worker "
+        "| attempts lost | handed back unstarted "
         "| items redone | of them after a graceful eviction | goodput | loading | lost | idle |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, r in rows:
+        evictions = r["hard"] + r["graceful"]
+        # A seeded draw evicts more or less often than its rate says: what this run got.
+        drawn = f"{r['wall'] * WORKERS / evictions:.0f}" if evictions else "—"
         print(
             f"| {label} | {r['wall']:.1f} s | {r['wall'] / base:.2f} | "
-            f"{r['hard']:.0f}/{r['graceful']:.0f} | {r['lost']:.0f} | {r['handed_back']:.0f} "
+            f"{r['hard']:.0f}/{r['graceful']:.0f} | {drawn} "
+            f"| {r['lost']:.0f} | {r['handed_back']:.0f} "
             f"| {r['rerun_items']:.0f} | {r['redone_graceful']:.0f} "
             f"| {100 * r['goodput']:.0f}% | {100 * r['loading']:.0f}% "
             f"| {100 * r['lost_time']:.0f}% | {100 * r['idle']:.0f}% |"

@@ -4,6 +4,10 @@ A worker killed without notice takes its running task's report with it; what the
 the way was accepted already, so only its last slice runs again. The report still carries
 every outcome (a message can be lost), so the driver counts the seconds and tokens it was
 sent, to book the report's totals less what it booked on the way.
+
+The messages travel as Dask events through the scheduler, which keeps the last ones of each
+topic (`distributed.admin.low-level-log-length`, 1000 by default): that many slices' outcomes
+is what this costs the scheduler in memory.
 """
 
 from __future__ import annotations
